@@ -444,3 +444,27 @@ def test_bad_names_and_decompose_arguments_raise(positions):
         C.fit_affine(errors[:-1], positions)
     with pytest.raises(ValueError, match="expected \\(\\.\\.\\., 2\\)"):
         C.rms_A(np.zeros(3))
+
+
+def test_span_of_line_and_column_is_the_projection_onto_their_sum():
+    rng = np.random.default_rng(3)
+    shape = (7, 9)
+    delta = rng.normal(size=(63, 2))
+    span = C.Span(["line", "column"])
+    once = span(delta, None, shape)
+    np.testing.assert_allclose(span(once, None, shape), once, atol=1e-12)
+    # Orthogonal: the residual is orthogonal to every projected field.
+    other = span(rng.normal(size=(63, 2)), None, shape)
+    assert abs(np.sum((delta - once) * other)) < 1e-9
+    # A row pattern plus a column pattern passes unchanged; Chain would have removed it.
+    rows = np.repeat(rng.normal(size=(7, 1, 2)), 9, axis=1)
+    cols = np.repeat(rng.normal(size=(1, 9, 2)), 7, axis=0)
+    field = (rows + cols).reshape(-1, 2)
+    field -= field.mean(axis=0)
+    np.testing.assert_allclose(span(field, None, shape), field, atol=1e-12)
+    assert np.abs(C.Chain(["line", "column"])(field, None, shape)).max() < 1e-12
+
+
+def test_span_refuses_overlapping_subspaces():
+    with pytest.raises(ValueError, match="not mutually orthogonal"):
+        C.Span(["lowpass", "line"])(np.ones((64, 2)), None, (8, 8))

@@ -24,7 +24,8 @@ shift, so no constraint may move the scan as a whole):
 ``highpass``              the step minus its smooth part (jitter)
 ========================  ==================================================================
 
-:class:`Chain` applies constraints in turn and :class:`Weighted` blends them with the
+:class:`Chain` applies constraints in turn, :class:`Span` projects onto the sum of
+orthogonal subspaces (e.g. line + column) and :class:`Weighted` blends them with the
 unconstrained step; neither is a projection in general. :func:`decompose` splits an error
 field into translation, affine, line, low-pass and high-pass parts that sum to it exactly.
 """
@@ -52,6 +53,7 @@ __all__ = [
     "Lowpass",
     "Highpass",
     "Chain",
+    "Span",
     "Weighted",
     "no_translation",
     "affine",
@@ -428,6 +430,52 @@ class Chain(Constraint):
 
     def __repr__(self) -> str:
         return f"Chain({list(self.constraints)!r})"
+
+
+class Span(Constraint):
+    """Projection onto the span of mutually orthogonal constraint subspaces.
+
+    For orthogonal projections ``P_i`` whose ranges are mutually orthogonal, the projection
+    onto the sum of the ranges is ``sum_i P_i`` (while :class:`Chain` would give zero:
+    ``line`` followed by ``column`` removes everything, since a row-constant field has no
+    column pattern). ``Span(["line", "column"])`` is the line stage of iCGD: one rigid
+    shift per row plus one flyback pattern shared by the rows. Orthogonality is checked on
+    the first call for each scan shape (a random field must give an idempotent result).
+
+    Parameters
+    ----------
+    constraints
+        Constraints or registered names whose ranges are mutually orthogonal.
+    """
+
+    name = "span"
+
+    def __init__(self, constraints: Iterable[ConstraintLike]):
+        if isinstance(constraints, (str, Constraint)) or not isinstance(constraints, Iterable):
+            raise ValueError(f"constraints={constraints!r}; expected a list of constraints")
+        self.constraints = tuple(_resolve(c, "constraints") for c in constraints)
+        if not self.constraints:
+            raise ValueError("constraints is empty; expected at least one constraint")
+        self._checked: set[tuple[int, int]] = set()
+
+    def _sum(self, delta: Field, positions: Field | None, shape: tuple[int, int]) -> Field:
+        out = np.zeros_like(delta)
+        for c in self.constraints:
+            out = out + _apply(c, delta, positions, shape)
+        return _remove_mean(out)
+
+    def _project(self, delta: Field, positions: Field | None, shape: tuple[int, int]) -> Field:
+        if shape not in self._checked:
+            probe = np.random.default_rng(0).normal(size=delta.shape)
+            once = self._sum(probe, positions, shape)
+            twice = self._sum(once, positions, shape)
+            if not np.allclose(once, twice, atol=1e-9 * max(1.0, float(np.abs(once).max()))):
+                raise ValueError(f"Span{list(self.constraints)!r}: the subspaces are not mutually orthogonal")
+            self._checked.add(shape)
+        return self._sum(delta, positions, shape)
+
+    def __repr__(self) -> str:
+        return f"Span({list(self.constraints)!r})"
 
 
 class Weighted(Constraint):
