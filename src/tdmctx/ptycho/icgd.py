@@ -1,0 +1,259 @@
+"""iCGD: integrated constrained gradient descent for scan-position errors.
+
+Free position refinement lets the object absorb part of a scan error, because object and
+positions are entangled. iCGD (Ning et al., Ultramicroscopy 248, 113716, 2023) refines the
+positions in stages, each projecting the position step onto one physically meaningful
+error model (:mod:`tdmctx.ptycho.constraints`), from coarse to fine, while the object and
+the probe are updated throughout:
+
+========== ===================================================== ==============================
+stage      position step projected onto                          what it removes
+========== ===================================================== ==============================
+warm-up    (positions frozen)                                    builds an object to align to
+affine     global affine map (scale, rotation, shear)            calibration, linear drift
+line       rigid per-row shifts + the per-column flyback pattern  line jumps, flyback settling
+drift      low-pass in acquisition time                          slow smooth drift
+jitter     high-pass (what the smooth basis cannot describe)     fast local jitter
+========== ===================================================== ==============================
+
+No stage moves the scan as a whole (every constraint removes the net translation).
+
+**When a stage ends.** A stage ends when its position step has converged: the RMS step of a
+pass has stayed below ``rel_tol`` times the largest RMS step of that stage, or below
+``abs_tol_A``, for ``patience`` consecutive passes (and at least ``min_iterations`` were
+run), or at ``max_iterations``. The step, not the data error, is watched because the data
+error keeps falling while the object sharpens, long after the positions have settled.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tdmctx.ptycho.constraints import Constraint, Span, Weighted, get_constraint
+from tdmctx.ptycho.engine import GDPtychography
+
+__all__ = ["Stage", "default_schedule", "ICGDResult", "run_icgd", "stage_constraint"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the iCGD schedule.
+
+    Parameters
+    ----------
+    name
+        Label in logs and figures.
+    constraint
+        Constraint name (``"affine"``, ``"line"``, ``"column"``, ``"lowpass"``, ``"highpass"``,
+        ``"none"`` for free descent), a list of names whose subspaces are orthogonal (the
+        projection onto their sum, :class:`~tdmctx.ptycho.constraints.Span`), a dict
+        ``{name: weight}`` for a weighted combination (weights summing to at most 1; the rest
+        of the step is left unconstrained), or a ready constraint object. ``None`` freezes
+        the positions (warm-up).
+    max_iterations, min_iterations
+        Bounds on the number of full passes.
+    rel_tol, abs_tol_A, patience
+        Convergence of the position step (module docstring).
+    options
+        Constraint settings, e.g. ``{"min_period_rows": 16}`` for the low-pass basis.
+    """
+
+    name: str
+    constraint: str | list[str] | dict[str, float] | Constraint | None
+    max_iterations: int = 20
+    min_iterations: int = 3
+    rel_tol: float = 0.1
+    abs_tol_A: float = 1e-3
+    patience: int = 2
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.max_iterations < 1 or not 0 <= self.min_iterations <= self.max_iterations:
+            raise ValueError(
+                f"stage {self.name!r}: need 1 <= max_iterations and 0 <= min_iterations <= max_iterations; "
+                f"got {self.min_iterations}, {self.max_iterations}"
+            )
+        if not (0 < self.rel_tol < 1) or self.abs_tol_A < 0 or self.patience < 1:
+            raise ValueError(f"stage {self.name!r}: rel_tol in (0, 1), abs_tol_A >= 0 and patience >= 1 expected")
+
+
+def default_schedule(scale: float = 1.0, *, min_period_rows: float = 16.0) -> list[Stage]:
+    """The default coarse-to-fine schedule; ``scale`` multiplies every iteration bound."""
+
+    def n(value: int) -> int:
+        return max(1, int(round(value * scale)))
+
+    lowpass = {"min_period_rows": min_period_rows}
+    return [
+        Stage("warm-up", None, max_iterations=n(8), min_iterations=n(8)),
+        Stage("affine", "affine", max_iterations=n(20), min_iterations=n(4)),
+        Stage("line", ["line", "column"], max_iterations=n(15), min_iterations=n(3)),
+        Stage("drift", "lowpass", max_iterations=n(15), min_iterations=n(3), options=lowpass),
+        Stage("jitter", "highpass", max_iterations=n(15), min_iterations=n(3), options=lowpass),
+    ]
+
+
+def stage_constraint(stage: Stage) -> Callable | None:
+    """The position hook of a stage (``None`` for free descent)."""
+    spec = stage.constraint
+
+    def one(name: str):
+        options = stage.options if name in ("lowpass", "highpass") else {}
+        return get_constraint(name, **options)
+
+    if spec is None or spec == "none":
+        return None
+    if isinstance(spec, Constraint):
+        return spec
+    if isinstance(spec, str):
+        return one(spec)
+    if isinstance(spec, dict):
+        return Weighted({one(name): weight for name, weight in spec.items()})
+    return Span([one(name) for name in spec])
+
+
+@dataclass
+class ICGDResult:
+    """What :func:`run_icgd` returns besides the engine's own state.
+
+    Attributes
+    ----------
+    stages
+        One dict per stage: name, first and last pass, passes run, whether it converged,
+        final data error, RMS position change in the stage, and (with the truth) the RMS
+        position error and its decomposition at the end of the stage.
+    boundaries
+        Pass number at which each stage ended (for plots of the per-pass log).
+    """
+
+    stages: list[dict[str, Any]]
+    boundaries: list[int]
+
+
+def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def run_icgd(
+    engine: GDPtychography,
+    schedule: Sequence[Stage] | None = None,
+    *,
+    checkpoint: str | os.PathLike | None = None,
+    object_step: float = 0.5,
+    probe_step: float = 0.5,
+    position_damping: float = 0.5,
+    max_position_step_A: float | None = None,
+    progress: bool = True,
+) -> ICGDResult:
+    """Run the iCGD schedule on an engine, stage by stage, with checkpoints.
+
+    Parameters
+    ----------
+    engine
+        A :class:`~tdmctx.ptycho.engine.GDPtychography` built on the data (with
+        ``true_positions_A`` when the truth is known, for the per-stage error log).
+    schedule
+        Stages (:func:`default_schedule` by default).
+    checkpoint
+        File to write the state to after every pass (atomically); when it exists and
+        matches the schedule, the run resumes from it.
+    object_step, probe_step, position_damping, max_position_step_A
+        Passed to :meth:`GDPtychography.run`.
+    progress
+        Show a bar over the passes.
+
+    Returns
+    -------
+    ICGDResult
+        The engine holds the final object, probe and positions (``engine.result()``).
+    """
+    schedule = list(default_schedule() if schedule is None else schedule)
+    if not schedule:
+        raise ValueError("schedule is empty; give at least one Stage")
+    signature = [asdict(stage) for stage in schedule]
+    checkpoint = None if checkpoint is None else Path(checkpoint)
+    stages: list[dict[str, Any]] = []
+    boundaries: list[int] = []
+    start_stage, start_pass, stage_state = 0, 0, None
+    if checkpoint is not None and checkpoint.is_file():
+        saved = torch.load(checkpoint, weights_only=False)
+        if saved.get("schedule") != signature:
+            raise ValueError(f"checkpoint {checkpoint} was written for another schedule; delete it or pass another path")
+        engine.load_state_dict(saved["engine"])
+        stages, boundaries = saved["stages"], saved["boundaries"]
+        start_stage, start_pass, stage_state = saved["stage_index"], saved["stage_pass"], saved["stage_state"]
+
+    total = sum(stage.max_iterations for stage in schedule)
+    bar = tqdm(total=total, desc="iCGD", disable=not progress, leave=False)
+    bar.update(sum(schedule[i].max_iterations for i in range(start_stage)) + start_pass)
+    for index in range(start_stage, len(schedule)):
+        stage = schedule[index]
+        hook = stage_constraint(stage)
+        refine = stage.constraint is not None
+        state = stage_state or {"first": engine.iteration + 1, "largest": 0.0, "quiet": 0,
+                                "start_positions": engine.positions_A.copy()}
+        stage_state = None
+        converged = False
+        done = start_pass if index == start_stage else 0
+        while done < stage.max_iterations:
+            engine.run(1, refine_positions=refine, position_step=hook, object_step=object_step,
+                       probe_step=probe_step, position_damping=position_damping,
+                       max_position_step_A=max_position_step_A, progress=False)
+            done += 1
+            bar.update(1)
+            if refine:
+                step = engine.log["rms_step_A"][-1]
+                state["largest"] = max(state["largest"], step)
+                quiet = step <= max(stage.abs_tol_A, stage.rel_tol * state["largest"])
+                state["quiet"] = state["quiet"] + 1 if quiet else 0
+                converged = done >= stage.min_iterations and state["quiet"] >= stage.patience
+            else:
+                converged = done >= stage.min_iterations
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, {
+                    "schedule": signature, "engine": engine.state_dict(), "stages": stages, "boundaries": boundaries,
+                    "stage_index": index, "stage_pass": done, "stage_state": state,
+                })
+            if converged:
+                break
+        entry: dict[str, Any] = {
+            "stage": stage.name,
+            "constraint": "frozen" if stage.constraint is None else str(stage.constraint),
+            "first_pass": state["first"],
+            "last_pass": engine.iteration,
+            "passes": engine.iteration - state["first"] + 1,
+            "converged": bool(converged),
+            "data_error": engine.log["data_error"][-1],
+            "position_change_A": float(np.sqrt(np.mean(np.sum((engine.positions_A - state["start_positions"]) ** 2, -1)))),
+        }
+        if engine.true_positions_A is not None:
+            from tdmctx.ptycho.metrics import error_decomposition
+
+            parts = error_decomposition(engine.positions_A, engine.true_positions_A)
+            entry.update({f"rms_{k}_A" if k != "total" else "rms_error_A": v for k, v in parts.items()})
+        stages.append(entry)
+        boundaries.append(engine.iteration)
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, {
+                "schedule": signature, "engine": engine.state_dict(), "stages": stages, "boundaries": boundaries,
+                "stage_index": index + 1, "stage_pass": 0, "stage_state": None,
+            })
+    bar.close()
+    return ICGDResult(stages=stages, boundaries=boundaries)
