@@ -17,6 +17,7 @@ __all__ = ["main", "build_parser"]
 _REGISTRARS = (
     "tdmctx.notebooks",
     "tdmctx.cli_data",
+    "tdmctx.defects.cli",
     "tdmctx.ptycho.cli",
 )
 
