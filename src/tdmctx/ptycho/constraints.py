@@ -402,6 +402,16 @@ def _apply(c: Constraint | Callable[..., Any], delta: Field, positions: Field | 
     return _as_field(f"the output of {c!r}", out, shape)
 
 
+def _resolve_list(constraints: Any) -> tuple[Constraint | Callable[..., Any], ...]:
+    """Validate a non-empty list of constraints (objects, names or hooks) for a composite."""
+    if isinstance(constraints, (str, Constraint)) or not isinstance(constraints, Iterable):
+        raise ValueError(f"constraints={constraints!r}; expected a list of constraints")
+    resolved = tuple(_resolve(c, "constraints") for c in constraints)
+    if not resolved:
+        raise ValueError("constraints is empty; expected at least one constraint")
+    return resolved
+
+
 class Chain(Constraint):
     """Apply constraints in turn, then remove any net translation.
 
@@ -417,11 +427,7 @@ class Chain(Constraint):
     name = "sequence"
 
     def __init__(self, constraints: Iterable[ConstraintLike]):
-        if isinstance(constraints, (str, Constraint)) or not isinstance(constraints, Iterable):
-            raise ValueError(f"constraints={constraints!r}; expected a list of constraints")
-        self.constraints = tuple(_resolve(c, "constraints") for c in constraints)
-        if not self.constraints:
-            raise ValueError("constraints is empty; expected at least one constraint")
+        self.constraints = _resolve_list(constraints)
 
     def _project(self, delta: Field, positions: Field | None, shape: tuple[int, int]) -> Field:
         for c in self.constraints:
@@ -451,11 +457,7 @@ class Span(Constraint):
     name = "span"
 
     def __init__(self, constraints: Iterable[ConstraintLike]):
-        if isinstance(constraints, (str, Constraint)) or not isinstance(constraints, Iterable):
-            raise ValueError(f"constraints={constraints!r}; expected a list of constraints")
-        self.constraints = tuple(_resolve(c, "constraints") for c in constraints)
-        if not self.constraints:
-            raise ValueError("constraints is empty; expected at least one constraint")
+        self.constraints = _resolve_list(constraints)
         self._checked: set[tuple[int, int]] = set()
 
     def _sum(self, delta: Field, positions: Field | None, shape: tuple[int, int]) -> Field:
