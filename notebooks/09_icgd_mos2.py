@@ -105,8 +105,11 @@ from tdmctx.ptycho.io import dataset_from_mapping, save_dataset
 from tdmctx.ptycho.preprocess import (
     angular_sampling_from_disk,
     apply_dark_gain,
+    bin_patterns,
     bright_field_disk,
+    centre_patterns,
     estimate_defocus,
+    threshold_electrons,
 )
 from tdmctx.ptycho.readers import read_4dstem
 
@@ -188,7 +191,7 @@ fig.tight_layout()
 # %%
 counts = apply_dark_gain(raw.datacube, dark, gain)
 electrons_raw = counts * np.float32(gain_e)
-electrons = el.threshold_electrons(electrons_raw, threshold_e)
+electrons = threshold_electrons(electrons_raw, threshold_e)
 fig, ax = plt.subplots(figsize=(6, 3.4))
 sample = electrons_raw[..., :16, :16].ravel()  # a detector corner: dark field only
 ax.hist(sample, bins=np.linspace(-1, 4, 126), color=PALETTE[0])
@@ -209,7 +212,7 @@ print(f"electrons per pattern: {electrons_raw.sum((-2, -1)).mean():.0f} after da
 
 # %%
 disk = bright_field_disk(electrons)
-electrons, shift_px = el.centre_patterns(electrons, disk.centre_px)
+electrons, shift_px = centre_patterns(electrons, disk.centre_px)
 sampling_from_disk = angular_sampling_from_disk(disk, raw.semiangle_mrad)
 sampling = float(raw.angular_sampling_mrad[0])  # the calibration; the disk is the check
 fig, ax = plt.subplots(figsize=(4.6, 4.2))
@@ -260,7 +263,7 @@ for ax, comp, name in zip(axes, (gx, gy), ("x", "y")):
 fig.tight_layout()
 rotation_truth = ""
 if truth is not None:
-    scan_rotation = el.affine_parameters(truth["true_positions_A"], raw.nominal_positions_A)["rotation_deg"]
+    scan_rotation = metrics.affine_parameters(truth["true_positions_A"], raw.nominal_positions_A)["rotation_deg"]
     rotation_truth = (f"; truth {truth['rotation_deg']:.2f}°, transpose {bool(truth['transpose'])}; the scan's own "
                       f"rotation (affine fit of truth − nominal) is {scan_rotation:.2f}°")
 print(f"detector rotation {rotation_deg:.2f}°, transpose {transpose}{rotation_truth}")
@@ -305,7 +308,7 @@ print(f"defocus {defocus.defocus_A:.1f} Å from {central.shape[0]} x {central.sh
 
 # %%
 data = dataset_from_mapping({
-    "datacube": el.bin_patterns(electrons, bin_factor),
+    "datacube": bin_patterns(electrons, bin_factor),
     "nominal_positions_A": raw.nominal_positions_A,
     "energy_eV": raw.energy_eV,
     "semiangle_mrad": raw.semiangle_mrad,
@@ -321,7 +324,7 @@ settings = f"{data_path}|{threshold_e}|{bin_factor}|{rotation_angles}|{defocus_f
 tag = hashlib.sha256(settings.encode()).hexdigest()[:12]
 prepared = save_dataset(data, cache_dir("ptycho") / f"prepared-{Path(data_path).stem}-{tag}.npz")
 print(f"from the shell: tdmctx ptycho reconstruct {prepared} --method icgd --output icgd.npz "
-      "(the default iCGD schedule, one cycle)")
+      "(the default iCGD schedule: two cycles, 80 passes)")
 print(f"reconstruction input: {data.datacube.shape}, {data.angular_sampling_mrad[0]:.3f} mrad/px, "
       f"{per_pattern:.3g} electrons per pattern; preprocessing took {time.perf_counter() - started:.1f} s so far")
 if truth is not None:
@@ -344,28 +347,26 @@ if truth is not None:
 # `SingleslicePtychography`, so with `probe_modes` > 1 only the tdmctx runs model the partial coherence.
 
 # %%
-base = {s.name: s for s in default_schedule()}
-schedule = [dataclasses.replace(base[name], max_iterations=int(n),
-                                min_iterations=min(base[name].min_iterations, int(n)))
-            for name, n in stage_passes.items()]
-schedule = [dataclasses.replace(s, rel_tol=affine_rel_tol) if s.name == "affine" else s for s in schedule]
+def stage_length(stage):
+    """This chapter's pass bound for a stage of the default schedule (the same in every cycle)."""
+    n = int(stage_passes[stage.name.split(" (")[0]])
+    return dataclasses.replace(stage, max_iterations=n, min_iterations=min(stage.min_iterations, n),
+                               rel_tol=affine_rel_tol if stage.constraint == "affine" else stage.rel_tol)
+
+
+schedule = [stage_length(s) for s in default_schedule(cycles=icgd_cycles)]
 warmup = int(stage_passes["warm-up"])
 common = dict(batch_size=batch_size, probe_modes=probe_modes, seed=seed, device=device)
 
 
 def run_protocol(initial):
-    """iCGD for `icgd_cycles` cycles from `initial` positions; returns the engine and the per-stage log."""
+    """The iCGD schedule from `initial` positions; returns the engine and the per-stage log."""
     engine = GDPtychography(data, initial_positions_A=initial, true_positions_A=true_A, **common)
-    stages, boundaries = [], []
-    for cycle in range(icgd_cycles):
-        if cycle:
-            state = engine.state_dict()
-            state["object"] = torch.ones_like(state["object"])  # a blank object at the refined positions
-            engine.load_state_dict(state)
-        out = run_icgd(engine, schedule, position_damping=position_damping, progress=False)
-        stages += [{"cycle": cycle + 1, **s} for s in out.stages]
-        boundaries += out.boundaries
-    return engine, pd.DataFrame(stages), boundaries
+    out = run_icgd(engine, schedule, position_damping=position_damping, progress=False)
+    log = pd.DataFrame(out.stages)
+    log.insert(0, "cycle", [int(name.split("(")[1].rstrip(")")) if "(" in name else 1 for name in log["stage"]])
+    log["stage"] = [name.split(" (")[0] for name in log["stage"]]
+    return engine, log, out.boundaries
 
 
 t0 = time.perf_counter()
@@ -553,10 +554,10 @@ fig.tight_layout()
 # shows up here as well: the calibration, not the positions, owns the global rotation and scale.
 
 # %%
-affine_rows = {name: el.affine_parameters(res.positions_A, nominal_A) for name, res in runs.items()
+affine_rows = {name: metrics.affine_parameters(res.positions_A, nominal_A) for name, res in runs.items()
                if not name.startswith("floor")}
 if truth is not None:
-    affine_rows = {"truth": el.affine_parameters(true_A, nominal_A), **affine_rows}
+    affine_rows = {"truth": metrics.affine_parameters(true_A, nominal_A), **affine_rows}
 display(pd.DataFrame(affine_rows).T.round(3))
 
 # %% [markdown]
@@ -573,7 +574,7 @@ if truth is not None:
     table = pd.DataFrame(rows).T
     table.insert(0, "passes", [len(r.log["data_error"]) for r in runs.values()])
     # The same error with the global rotation removed: the part the detector-rotation estimate shares with the scan.
-    gauge = {name: el.rms_without_rotation_A(res.positions_A, true_A) for name, res in runs.items()}
+    gauge = {name: metrics.rms_without_rotation_A(res.positions_A, true_A) for name, res in runs.items()}
     table.insert(2, "rms_no_rotation_A", [g[0] for g in gauge.values()])
     table.insert(3, "rotation_removed_deg", [g[1] for g in gauge.values()])
 else:
@@ -612,7 +613,7 @@ if truth is not None:
                 f"{py / got:.2f}x below py4DSTEM's final (3x: {'met' if py / got >= 3 else 'missed'})")
 
     crb_A = float(np.nanmedian(icgd_engine.log["crb_rms_A"][-10:]))
-    last = schedule[-1].name
+    last = schedule[-1].name.split(" (")[0]
     cycle_affine = icgd_log.loc[icgd_log.stage == last, "rms_affine_A"].tolist()
     before = floor_log.stage.shift(-1) == last  # the stage before the high-pass one
     floor_before_jitter = floor_log.loc[before, "rms_error_A"].iloc[0] if before.any() else float("nan")

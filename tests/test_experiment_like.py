@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tdmctx.ptycho import experiment_like as el
+from tdmctx.ptycho import metrics, preprocess
 from tdmctx.ptycho.detector import estimate_rotation
 from tdmctx.ptycho.preprocess import apply_dark_gain, bright_field_disk
 from tdmctx.ptycho.readers import read_4dstem
@@ -90,31 +91,31 @@ def test_readout_inverts_with_dark_and_gain():
 
 def test_threshold_centre_and_bin():
     values = np.array([-0.3, 0.2, 0.49, 0.5, 1.1, 7.0], dtype=np.float32)
-    np.testing.assert_array_equal(el.threshold_electrons(values, 0.5), np.array([0, 0, 0, 0.5, 1.1, 7.0], np.float32))
+    np.testing.assert_array_equal(preprocess.threshold_electrons(values, 0.5), np.array([0, 0, 0, 0.5, 1.1, 7.0], np.float32))
     with pytest.raises(ValueError, match="threshold_e"):
-        el.threshold_electrons(values, -1.0)
+        preprocess.threshold_electrons(values, -1.0)
 
     cube = np.zeros((2, 16, 16), dtype=np.float32)
     cube[:, 11, 6] = 1.0
     cube[:, 0, :] = 5.0  # an edge row that must not wrap around to the other side
-    centred, shift = el.centre_patterns(cube, (11.0, 6.0))
+    centred, shift = preprocess.centre_patterns(cube, (11.0, 6.0))
     assert shift == (-3, 2)
     assert centred[0, 8, 8] == 1.0
     assert centred[:, -3:, :].sum() == 0.0  # zero-filled, no wrap-around
     with pytest.raises(ValueError, match="central half"):
-        el.centre_patterns(cube, (15.0, 1.0))
+        preprocess.centre_patterns(cube, (15.0, 1.0))
 
-    binned = el.bin_patterns(np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4), 2)
+    binned = preprocess.bin_patterns(np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4), 2)
     np.testing.assert_array_equal(binned[0], [[0 + 1 + 4 + 5, 2 + 3 + 6 + 7], [8 + 9 + 12 + 13, 10 + 11 + 14 + 15]])
-    assert el.bin_patterns(cube, 1) is cube
+    assert preprocess.bin_patterns(cube, 1) is cube
     with pytest.raises(ValueError, match="divisible"):
-        el.bin_patterns(cube, 3)
+        preprocess.bin_patterns(cube, 3)
 
 
 def test_affine_parameters_recover_an_affine_error():
     scan = RasterScan((12, 12), 0.5)
     error = AffineError(scale_x=0.01, scale_y=-0.008, rotation_deg=0.4, shear=0.006)
-    got = el.affine_parameters(error.apply(scan), scan.positions_A)
+    got = metrics.affine_parameters(error.apply(scan), scan.positions_A)
     assert got["scale_x_pct"] == pytest.approx(1.0, abs=0.02)
     assert got["scale_y_pct"] == pytest.approx(-0.8, abs=0.02)
     assert got["rotation_deg"] == pytest.approx(0.4, abs=0.01)
@@ -166,13 +167,13 @@ def test_files_truth_and_detector_conventions(small):
     assert truth["true_positions_A"].shape == (10, 10, 2)
     assert not np.allclose(truth["true_positions_A"], truth["nominal_positions_A"])  # every error type is on
     electrons = apply_dark_gain(raw.datacube, np.load(files.dark_path), np.load(files.gain_path))
-    electrons = el.threshold_electrons(electrons * meta["electrons_per_count"], 0.5)
+    electrons = preprocess.threshold_electrons(electrons * meta["electrons_per_count"], 0.5)
     per_pattern = electrons.sum((-2, -1)).mean()
     assert per_pattern == pytest.approx(truth["mean_detected_electrons"], rel=0.01)
     assert truth["mean_detected_electrons"] == pytest.approx(conditions.electrons_per_pattern, rel=0.02)
     disk = bright_field_disk(electrons)
     np.testing.assert_allclose(disk.centre_px, truth["disk_centre_px"], atol=0.1)
-    centred, _ = el.centre_patterns(electrons, disk.centre_px)
+    centred, _ = preprocess.centre_patterns(electrons, disk.centre_px)
     rotation_deg, transpose = estimate_rotation(centred)
     assert transpose == bool(truth["transpose"])
     # 1-3 degrees off on so small a field; the point is the transpose and the 180 degree branch
@@ -187,13 +188,13 @@ def test_rms_without_rotation_removes_only_a_global_rotation():
     scan = RasterScan((10, 12), 0.5)
     true = scan.positions_A + np.random.default_rng(4).normal(0, 0.02, size=(10, 12, 2))
     rotated = AffineError(rotation_deg=0.7).apply(scan) + (true - scan.positions_A) + np.array([1.0, -2.0])
-    rms, angle = el.rms_without_rotation_A(rotated, true)
+    rms, angle = metrics.rms_without_rotation_A(rotated, true)
     assert angle == pytest.approx(0.7, abs=0.01)  # the noise pulls it slightly
     assert rms == pytest.approx(0.0, abs=1e-3)  # the rotation acts on the small noise as well
-    rms, angle = el.rms_without_rotation_A(true + 0.01 * np.sign(true), true)
+    rms, angle = metrics.rms_without_rotation_A(true + 0.01 * np.sign(true), true)
     assert rms > 0.005
     with pytest.raises(ValueError, match="equal shape"):
-        el.rms_without_rotation_A(true[:5], true)
+        metrics.rms_without_rotation_A(true[:5], true)
 
 
 def test_a_foreign_folder_is_never_overwritten(tmp_path):
@@ -202,3 +203,30 @@ def test_a_foreign_folder_is_never_overwritten(tmp_path):
     with pytest.raises(ValueError, match="no experiment-like dataset"):
         el.simulate_empad_like(conditions, folder=tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_prepare_dataset_recovers_the_hidden_calibration(small):
+    from tdmctx.ptycho.prepare import prepare_dataset
+
+    _, files, truth = small
+    meta = files.metadata
+    raw = read_4dstem(files.xml_path, energy_eV=meta["energy_eV"], semiangle_mrad=meta["semiangle_mrad"],
+                      angular_sampling_mrad=meta["angular_sampling_mrad"])
+    data, report = prepare_dataset(raw, dark=np.load(files.dark_path), gain=np.load(files.gain_path),
+                                   electrons_per_count=meta["electrons_per_count"], bin_factor=2, rotation_angles=720)
+    assert data.datacube.shape == (10, 10, 64, 64)
+    np.testing.assert_allclose(data.angular_sampling_mrad, 2 * np.asarray(raw.angular_sampling_mrad))
+    assert report.electrons_per_pattern == pytest.approx(truth["mean_detected_electrons"], rel=0.01)
+    assert data.datacube.sum((-2, -1)).mean() == pytest.approx(report.electrons_per_pattern, rel=1e-4)
+    assert data.transpose == bool(truth["transpose"])
+    assert abs((data.rotation_deg - truth["rotation_deg"] + 180) % 360 - 180) < 5.0
+    assert np.isfinite(data.defocus_A) and report.defocus_residual_A is not None
+    assert "rotation" in report.summary() and "defocus" in report.summary()
+    # Given values are kept, not re-estimated.
+    fixed, fixed_report = prepare_dataset(raw, rotation=(12.0, False), defocus=80.0, centre=False, threshold_e=None)
+    assert (fixed.rotation_deg, fixed.transpose, fixed.defocus_A) == (12.0, False, 80.0)
+    assert fixed_report.disk_radius_px is None and fixed_report.shift_px == (0, 0)
+    with pytest.raises(ValueError, match="rotation="):
+        prepare_dataset(raw, rotation="guess")
+    with pytest.raises(ValueError, match="defocus="):
+        prepare_dataset(raw, defocus="auto")

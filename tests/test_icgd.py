@@ -92,7 +92,38 @@ def test_stage_constraints_and_validation():
         Stage("bad", "affine", max_iterations=2, min_iterations=3)
     with pytest.raises(ValueError, match="rel_tol"):
         Stage("bad", "affine", rel_tol=1.5)
-    names = [s.name for s in default_schedule()]
+    names = [s.name for s in default_schedule(cycles=1)]
     assert names == ["warm-up", "affine", "line", "drift", "jitter"]
+    two = default_schedule()
+    assert [s.name for s in two][5:7] == ["warm-up (2)", "affine (2)"]
+    assert [s.restart_object for s in two] == [False] * 5 + [True] + [False] * 4
+    assert sum(s.max_iterations for s in default_schedule(2.0, cycles=1)) == 2 * sum(
+        s.max_iterations for s in default_schedule(cycles=1))
+    with pytest.raises(ValueError, match="cycles"):
+        default_schedule(cycles=0)
     with pytest.raises(ValueError, match="schedule is empty"):
         run_icgd(None, [], progress=False)
+
+
+def test_restart_object_blanks_the_object_and_keeps_positions(small_problem):
+    data, true = small_problem
+    engine = _engine(data, true)
+    run_icgd(engine, SCHEDULE[:2], progress=False)
+    before = engine.positions_A.copy()
+    probe = engine.state_dict()["probe"].clone()
+    seen = {}
+    original_run = engine.run
+
+    def spy(*args, **kwargs):
+        # The object the first pass of the restarted stage starts from.
+        state = engine.state_dict()
+        seen.setdefault("object", state["object"].clone())
+        seen.setdefault("probe", state["probe"].clone())
+        return original_run(*args, **kwargs)
+
+    engine.run = spy
+    run_icgd(engine, [Stage("warm-up (2)", None, max_iterations=1, min_iterations=1, restart_object=True)],
+             progress=False)
+    assert torch.equal(seen["object"], torch.ones_like(seen["object"]))
+    assert torch.equal(probe, seen["probe"])  # the probe carries over
+    np.testing.assert_array_equal(engine.positions_A, before)  # frozen warm-up: positions untouched

@@ -85,7 +85,8 @@ def test_icgd_method_end_to_end_and_resumes(input_file, tmp_path, capsys):
     import json
 
     stages = json.loads(str(result.info["icgd_stages"]))
-    assert [s["stage"] for s in stages] == ["warm-up", "affine", "line", "drift", "jitter"]
+    assert [s["stage"] for s in stages] == [f"{name} ({cycle})" for cycle in (1, 2)
+                                            for name in ("warm-up", "affine", "line", "drift", "jitter")]
     assert len(result.log["data_error"]) == sum(s["passes"] for s in stages)
     # A second call finds the finished checkpoint and only rewrites the output.
     assert main(args) == 0
@@ -109,3 +110,31 @@ def test_reads_detector_files_with_metadata_flags(input_file, tmp_path):
                  "--sampling-mrad", str(float(data.angular_sampling_mrad[0])), "--iterations", "2",
                  "--no-positions", "--device", "cpu", "--output", str(out), "--quiet"])
     assert code == 0 and load_reconstruction(out).positions_A.shape == (8, 8, 2)
+
+
+def test_raw_detector_data_are_prepared(input_file, tmp_path, capsys):
+    from tdmctx.ptycho.io import load_dataset
+    from tdmctx.ptycho.readers import write_empad
+
+    data = load_dataset(input_file)
+    dark = np.full((128, 128), 40.0, dtype=np.float32)
+    cube = np.zeros((8, 8, 128, 128), dtype=np.float32) + dark
+    cube[:, :, 50:74, 53:77] += 2.0 * data.datacube  # off-centre patterns, 2 counts per electron
+    xml = write_empad(cube, tmp_path / "raw", step_A=0.5)
+    np.save(tmp_path / "dark.npy", dark)
+    out = tmp_path / "prepared.npz"
+    code = main(["ptycho", "reconstruct", str(xml), "--energy-kV", "80", "--semiangle-mrad", "25",
+                 "--sampling-mrad", str(float(data.angular_sampling_mrad[0])), "--defocus-A", "50",
+                 "--dark", str(tmp_path / "dark.npy"), "--electrons-per-count", "0.5", "--bin", "2",
+                 "--iterations", "2", "--no-positions", "--device", "cpu",
+                 "--output", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    # The dark offset and gain are undone: the electrons per pattern are the simulation's.
+    reported = float(printed.split("electrons per pattern: ")[1].split()[0])
+    assert reported == pytest.approx(float(data.datacube.sum((-2, -1)).mean()), rel=0.01)
+    assert "shifted by (2, -1) px" in printed and "defocus 50.0 A" in printed
+    with pytest.raises(SystemExit, match="has shape"):
+        np.save(tmp_path / "bad.npy", np.zeros((4, 4)))
+        main(["ptycho", "reconstruct", str(xml), "--energy-kV", "80", "--semiangle-mrad", "25", "--sampling-mrad",
+              "1.0", "--dark", str(tmp_path / "bad.npy"), "--output", str(out), "--quiet"])

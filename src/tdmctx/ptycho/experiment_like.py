@@ -72,12 +72,7 @@ __all__ = [
     "interpolate_patterns",
     "empad_readout",
     "load_truth",
-    "threshold_electrons",
-    "centre_patterns",
-    "bin_patterns",
     "score_against_truth",
-    "affine_parameters",
-    "rms_without_rotation_A",
 ]
 
 _VERSION = 1
@@ -599,92 +594,6 @@ def load_truth(path: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
-# ----------------------------------------------------------------------------- preprocessing
-
-
-def threshold_electrons(electrons: np.ndarray, threshold_e: float = 0.5) -> np.ndarray:
-    """Zero every pixel below ``threshold_e`` electrons (the read noise of empty pixels).
-
-    Why: most dark-field pixels receive no electron, and their Gaussian read noise, once the
-    reconstruction clips negative values (:func:`tdmctx.ptycho.detector.prepare_counts`),
-    becomes a positive background of ``0.4 sigma`` per pixel (about 2 % of the electrons of
-    a pattern for the defaults) that no object explains. With read noise well below one
-    electron, a threshold of half an electron removes it and keeps every real electron.
-
-    Parameters
-    ----------
-    electrons
-        Dark- and gain-corrected patterns in electrons, any shape.
-    threshold_e
-        Threshold, electrons; 0 keeps everything.
-    """
-    values = np.asarray(electrons)
-    if not (np.isfinite(threshold_e) and threshold_e >= 0):
-        raise ValueError(f"threshold_e={threshold_e!r} must be a finite number of electrons >= 0")
-    return np.where(values < threshold_e, values.dtype.type(0), values)
-
-
-def centre_patterns(datacube: np.ndarray, centre_px: tuple[float, float]) -> tuple[np.ndarray, tuple[int, int]]:
-    """Move the pattern centre to pixel ``(n0 // 2, n1 // 2)`` by a whole-pixel shift.
-
-    Pixels shifted in from outside the detector are zero (no wrap-around); a sub-pixel
-    remainder (at most half a pixel) is a small probe tilt that probe retrieval absorbs.
-
-    Parameters
-    ----------
-    datacube
-        ``(..., k0, k1)`` patterns.
-    centre_px
-        Measured centre ``(k0, k1)``, e.g. :func:`tdmctx.ptycho.preprocess.bright_field_disk`.
-
-    Returns
-    -------
-    patterns : ndarray, same shape
-    shift_px : (int, int), the whole-pixel shift applied along (k0, k1)
-    """
-    cube = np.asarray(datacube)
-    if cube.ndim < 2:
-        raise ValueError(f"datacube has shape {cube.shape}; expected (..., k0, k1)")
-    n0, n1 = cube.shape[-2:]
-    shift = (int(round(n0 // 2 - centre_px[0])), int(round(n1 // 2 - centre_px[1])))
-    if abs(shift[0]) > n0 // 4 or abs(shift[1]) > n1 // 4:
-        raise ValueError(f"centre_px={centre_px!r} lies outside the central half of a {n0} x {n1} detector")
-    out = np.zeros_like(cube)
-    src0, dst0 = slice(max(0, -shift[0]), n0 - max(0, shift[0])), slice(max(0, shift[0]), n0 - max(0, -shift[0]))
-    src1, dst1 = slice(max(0, -shift[1]), n1 - max(0, shift[1])), slice(max(0, shift[1]), n1 - max(0, -shift[1]))
-    out[..., dst0, dst1] = cube[..., src0, src1]
-    return out, shift
-
-
-def bin_patterns(datacube: np.ndarray, factor: int) -> np.ndarray:
-    """Sum ``factor x factor`` blocks of detector pixels (a coarser detector, same real-space pixel).
-
-    The reconstruction's real-space pixel ``lambda / (n dk)`` is unchanged, its window shrinks
-    by ``factor`` and each pass costs about ``factor**2`` times less. The summed pixel is a
-    slight blur of the pattern that the engine's forward model does not include, and the
-    pattern centre moves to ``(n // 2 - 1/2 + 1/(2 factor))`` of the new grid: for an even
-    factor the disk sits a fraction of a pixel off the grid's centre, a small probe tilt.
-
-    Parameters
-    ----------
-    datacube
-        ``(..., k0, k1)`` patterns; both detector axes must be divisible by ``factor``.
-    factor
-        Block size, 1 (no binning) or more.
-    """
-    cube = np.asarray(datacube)
-    factor = int(factor)
-    if factor < 1:
-        raise ValueError(f"factor={factor!r} must be a positive integer")
-    n0, n1 = cube.shape[-2:]
-    if n0 % factor or n1 % factor:
-        raise ValueError(f"detector {n0} x {n1} is not divisible by factor={factor}")
-    if factor == 1:
-        return cube
-    shaped = cube.reshape(*cube.shape[:-2], n0 // factor, factor, n1 // factor, factor)
-    return shaped.sum(axis=(-3, -1), dtype=np.float64).astype(cube.dtype)
-
-
 # ----------------------------------------------------------------------------- scoring
 
 
@@ -740,66 +649,3 @@ def score_against_truth(
     )
     out["phase_correlation"], out["frc_mean"] = fidelity.correlation, fidelity.frc_mean
     return out
-
-
-def affine_parameters(positions_A: np.ndarray, reference_A: np.ndarray) -> dict[str, float]:
-    """The global affine part of ``positions - reference`` as scale, rotation and shear.
-
-    The least-squares affine map (:func:`tdmctx.ptycho.constraints.fit_affine`) of the
-    displacement field is read as ``R(rotation) @ [[1 + scale_x, shear], [0, 1 + scale_y]] - I``
-    (:class:`tdmctx.ptycho.scan.AffineError`) to first order: ``scale_x = M[0, 0]``,
-    ``scale_y = M[1, 1]``, ``rotation = M[1, 0]`` (rad) and ``shear = M[0, 1] + M[1, 0]``.
-    Linear drift in a raster is affine and shows up here too.
-
-    Parameters
-    ----------
-    positions_A, reference_A
-        ``(..., 2)`` positions (x, y), Angstrom, e.g. true (or refined) and nominal.
-
-    Returns
-    -------
-    dict
-        ``scale_x_pct``, ``scale_y_pct``, ``rotation_deg``, ``shear_pct``.
-    """
-    from tdmctx.ptycho.constraints import fit_affine
-
-    reference = np.asarray(reference_A, dtype=np.float64).reshape(-1, 2)
-    matrix, _ = fit_affine(np.asarray(positions_A, dtype=np.float64).reshape(-1, 2) - reference, reference)
-    return {
-        "scale_x_pct": 100.0 * float(matrix[0, 0]),
-        "scale_y_pct": 100.0 * float(matrix[1, 1]),
-        "rotation_deg": float(np.rad2deg(matrix[1, 0])),
-        "shear_pct": 100.0 * float(matrix[0, 1] + matrix[1, 0]),
-    }
-
-
-def rms_without_rotation_A(positions_A: np.ndarray, true_positions_A: np.ndarray) -> tuple[float, float]:
-    """RMS position error after removing the global translation and the best global rotation.
-
-    Why: the data fix the scan only relative to the detector, so a rotation of the whole scan
-    cannot be told from an error of the detector rotation estimated from the same data (the
-    centre-of-mass estimate absorbs the scan's own rotation). This is the error that is left
-    once that shared gauge is removed; :func:`tdmctx.ptycho.metrics.rms_error_A` keeps it.
-
-    Parameters
-    ----------
-    positions_A, true_positions_A
-        ``(..., 2)`` positions (x, y) of equal shape, Angstrom.
-
-    Returns
-    -------
-    rms_A : float
-        Angstrom.
-    rotation_deg : float
-        The rotation of the estimate about its centroid that was removed (counter-clockwise).
-    """
-    p = np.asarray(positions_A, dtype=np.float64).reshape(-1, 2)
-    t = np.asarray(true_positions_A, dtype=np.float64).reshape(-1, 2)
-    if p.shape != t.shape or not (np.all(np.isfinite(p)) and np.all(np.isfinite(t))):
-        raise ValueError(f"positions_A {np.shape(positions_A)} and true_positions_A {np.shape(true_positions_A)} "
-                         "must be finite and of equal shape (..., 2)")
-    p, t = p - p.mean(axis=0), t - t.mean(axis=0)
-    # The rotation angle that maps p best onto t (2-D Procrustes without scaling).
-    angle = math.atan2(float(np.sum(p[:, 0] * t[:, 1] - p[:, 1] * t[:, 0])), float(np.sum(p * t)))
-    aligned = p @ _rotation(np.rad2deg(angle)).T
-    return float(np.sqrt(np.mean(np.sum((aligned - t) ** 2, axis=1)))), float(-np.rad2deg(angle))

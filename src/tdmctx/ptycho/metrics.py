@@ -12,10 +12,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage, optimize
+
+from tdmctx.ptycho.constraints import decompose, fit_affine
 
 __all__ = [
     "rms_error_A",
@@ -27,6 +30,8 @@ __all__ = [
     "fourier_ring_correlation",
     "information_limit_per_A",
     "score",
+    "affine_parameters",
+    "rms_without_rotation_A",
 ]
 
 _PARTS = ("affine", "line", "lowpass", "highpass")
@@ -77,7 +82,6 @@ def error_decomposition(
     scan_shape
         ``(scan_rows, scan_cols)`` when the inputs are flat.
     """
-    from tdmctx.ptycho.constraints import decompose
 
     if scan_shape is None:
         if np.ndim(true_positions_A) != 3:
@@ -328,3 +332,65 @@ def score(result, dataset, *, margin_A: float = 0.5) -> dict[str, float]:
         )
         out["phase_correlation"], out["frc_mean"] = fid.correlation, fid.frc_mean
     return out
+
+
+def affine_parameters(positions_A: np.ndarray, reference_A: np.ndarray) -> dict[str, float]:
+    """The global affine part of ``positions - reference`` as scale, rotation and shear.
+
+    The least-squares affine map (:func:`tdmctx.ptycho.constraints.fit_affine`) of the
+    displacement field is read as ``R(rotation) @ [[1 + scale_x, shear], [0, 1 + scale_y]] - I``
+    (:class:`tdmctx.ptycho.scan.AffineError`) to first order: ``scale_x = M[0, 0]``,
+    ``scale_y = M[1, 1]``, ``rotation = M[1, 0]`` (rad) and ``shear = M[0, 1] + M[1, 0]``.
+    Linear drift in a raster is affine and shows up here too.
+
+    Parameters
+    ----------
+    positions_A, reference_A
+        ``(..., 2)`` positions (x, y), Angstrom, e.g. true (or refined) and nominal.
+
+    Returns
+    -------
+    dict
+        ``scale_x_pct``, ``scale_y_pct``, ``rotation_deg``, ``shear_pct``.
+    """
+    reference = np.asarray(reference_A, dtype=np.float64).reshape(-1, 2)
+    matrix, _ = fit_affine(np.asarray(positions_A, dtype=np.float64).reshape(-1, 2) - reference, reference)
+    return {
+        "scale_x_pct": 100.0 * float(matrix[0, 0]),
+        "scale_y_pct": 100.0 * float(matrix[1, 1]),
+        "rotation_deg": float(np.rad2deg(matrix[1, 0])),
+        "shear_pct": 100.0 * float(matrix[0, 1] + matrix[1, 0]),
+    }
+
+
+def rms_without_rotation_A(positions_A: np.ndarray, true_positions_A: np.ndarray) -> tuple[float, float]:
+    """RMS position error after removing the global translation and the best global rotation.
+
+    Why: the data fix the scan only relative to the detector, so a rotation of the whole scan
+    cannot be told from an error of the detector rotation estimated from the same data (the
+    centre-of-mass estimate absorbs the scan's own rotation). This is the error that is left
+    once that shared gauge is removed; :func:`tdmctx.ptycho.metrics.rms_error_A` keeps it.
+
+    Parameters
+    ----------
+    positions_A, true_positions_A
+        ``(..., 2)`` positions (x, y) of equal shape, Angstrom.
+
+    Returns
+    -------
+    rms_A : float
+        Angstrom.
+    rotation_deg : float
+        The rotation of the estimate about its centroid that was removed (counter-clockwise).
+    """
+    p = np.asarray(positions_A, dtype=np.float64).reshape(-1, 2)
+    t = np.asarray(true_positions_A, dtype=np.float64).reshape(-1, 2)
+    if p.shape != t.shape or not (np.all(np.isfinite(p)) and np.all(np.isfinite(t))):
+        raise ValueError(f"positions_A {np.shape(positions_A)} and true_positions_A {np.shape(true_positions_A)} "
+                         "must be finite and of equal shape (..., 2)")
+    p, t = p - p.mean(axis=0), t - t.mean(axis=0)
+    # The rotation angle that maps p best onto t (2-D Procrustes without scaling).
+    angle = math.atan2(float(np.sum(p[:, 0] * t[:, 1] - p[:, 1] * t[:, 0])), float(np.sum(p * t)))
+    c, s = math.cos(angle), math.sin(angle)
+    aligned = p @ np.array([[c, -s], [s, c]]).T
+    return float(np.sqrt(np.mean(np.sum((aligned - t) ** 2, axis=1)))), float(-np.rad2deg(angle))

@@ -1,6 +1,7 @@
 """Preprocessing that real 4D-STEM data need before a reconstruction.
 
-* dark and gain correction;
+* dark and gain correction, and a threshold that removes the read noise of empty pixels;
+* whole-pixel centring of the patterns and detector binning;
 * the bright-field (BF) disk: centre and radius on the detector, and from the radius and
   the known convergence semi-angle, the detector's angular sampling;
 * the detector rotation and transposition from the centre-of-mass field
@@ -30,6 +31,9 @@ __all__ = [
     "bright_field_disk",
     "angular_sampling_from_disk",
     "estimate_defocus",
+    "threshold_electrons",
+    "centre_patterns",
+    "bin_patterns",
 ]
 
 
@@ -243,3 +247,86 @@ def estimate_defocus(
         )
     residual = float(np.sqrt(np.mean(np.sum((shifts_A - slope * alpha) ** 2, axis=1))))
     return DefocusEstimate(defocus_A=slope, angles_mrad=angles_xy, shifts_A=shifts_A, residual_A=residual)
+
+
+def threshold_electrons(electrons: np.ndarray, threshold_e: float = 0.5) -> np.ndarray:
+    """Zero every pixel below ``threshold_e`` electrons (the read noise of empty pixels).
+
+    Why: most dark-field pixels receive no electron, and their Gaussian read noise, once the
+    reconstruction clips negative values (:func:`tdmctx.ptycho.detector.prepare_counts`),
+    becomes a positive background of ``0.4 sigma`` per pixel (about 2 % of the electrons of
+    a pattern for the defaults) that no object explains. With read noise well below one
+    electron, a threshold of half an electron removes it and keeps every real electron.
+
+    Parameters
+    ----------
+    electrons
+        Dark- and gain-corrected patterns in electrons, any shape.
+    threshold_e
+        Threshold, electrons; 0 keeps everything.
+    """
+    values = np.asarray(electrons)
+    if not (np.isfinite(threshold_e) and threshold_e >= 0):
+        raise ValueError(f"threshold_e={threshold_e!r} must be a finite number of electrons >= 0")
+    return np.where(values < threshold_e, values.dtype.type(0), values)
+
+
+def centre_patterns(datacube: np.ndarray, centre_px: tuple[float, float]) -> tuple[np.ndarray, tuple[int, int]]:
+    """Move the pattern centre to pixel ``(n0 // 2, n1 // 2)`` by a whole-pixel shift.
+
+    Pixels shifted in from outside the detector are zero (no wrap-around); a sub-pixel
+    remainder (at most half a pixel) is a small probe tilt that probe retrieval absorbs.
+
+    Parameters
+    ----------
+    datacube
+        ``(..., k0, k1)`` patterns.
+    centre_px
+        Measured centre ``(k0, k1)``, e.g. :func:`bright_field_disk`.
+
+    Returns
+    -------
+    patterns : ndarray, same shape
+    shift_px : (int, int), the whole-pixel shift applied along (k0, k1)
+    """
+    cube = np.asarray(datacube)
+    if cube.ndim < 2:
+        raise ValueError(f"datacube has shape {cube.shape}; expected (..., k0, k1)")
+    n0, n1 = cube.shape[-2:]
+    shift = (int(round(n0 // 2 - centre_px[0])), int(round(n1 // 2 - centre_px[1])))
+    if abs(shift[0]) > n0 // 4 or abs(shift[1]) > n1 // 4:
+        raise ValueError(f"centre_px={centre_px!r} lies outside the central half of a {n0} x {n1} detector")
+    out = np.zeros_like(cube)
+    src0, dst0 = slice(max(0, -shift[0]), n0 - max(0, shift[0])), slice(max(0, shift[0]), n0 - max(0, -shift[0]))
+    src1, dst1 = slice(max(0, -shift[1]), n1 - max(0, shift[1])), slice(max(0, shift[1]), n1 - max(0, -shift[1]))
+    out[..., dst0, dst1] = cube[..., src0, src1]
+    return out, shift
+
+
+def bin_patterns(datacube: np.ndarray, factor: int) -> np.ndarray:
+    """Sum ``factor x factor`` blocks of detector pixels (a coarser detector, same real-space pixel).
+
+    The reconstruction's real-space pixel ``lambda / (n dk)`` is unchanged, its window shrinks
+    by ``factor`` and each pass costs about ``factor**2`` times less. The summed pixel is a
+    slight blur of the pattern that the engine's forward model does not include, and the
+    pattern centre moves to ``(n // 2 - 1/2 + 1/(2 factor))`` of the new grid: for an even
+    factor the disk sits a fraction of a pixel off the grid's centre, a small probe tilt.
+
+    Parameters
+    ----------
+    datacube
+        ``(..., k0, k1)`` patterns; both detector axes must be divisible by ``factor``.
+    factor
+        Block size, 1 (no binning) or more.
+    """
+    cube = np.asarray(datacube)
+    factor = int(factor)
+    if factor < 1:
+        raise ValueError(f"factor={factor!r} must be a positive integer")
+    n0, n1 = cube.shape[-2:]
+    if n0 % factor or n1 % factor:
+        raise ValueError(f"detector {n0} x {n1} is not divisible by factor={factor}")
+    if factor == 1:
+        return cube
+    shaped = cube.reshape(*cube.shape[:-2], n0 // factor, factor, n1 // factor, factor)
+    return shaped.sum(axis=(-3, -1), dtype=np.float64).astype(cube.dtype)
