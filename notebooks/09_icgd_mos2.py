@@ -414,11 +414,13 @@ print(f"{passes} passes per method; wall time per run (s): " + ", ".join(f"{k} {
 # ### The iCGD stages
 #
 # One row per stage: passes run, whether the position step converged (the stage's documented criterion) or the
-# stage hit its pass limit, the data error, how far the positions moved, and, with the truth, the RMS position
-# error and its split into affine, line, low-pass and high-pass parts at the end of the stage.
+# stage hit its pass limit, whether the high-pass stage was skipped by its noise gate (its first step was within
+# the shot noise of a single pattern, so it would have added about as much noise as it removed), the data error,
+# how far the positions moved, and, with the truth, the RMS position error and its split into affine, line,
+# low-pass and high-pass parts at the end of the stage.
 
 # %%
-columns = ["cycle", "stage", "passes", "converged", "data_error", "position_change_A"]
+columns = ["cycle", "stage", "passes", "converged", "skipped", "data_error", "position_change_A"]
 if truth is not None:
     columns += ["rms_error_A", "rms_affine_A", "rms_line_A", "rms_lowpass_A", "rms_highpass_A"]
 display(icgd_log[columns].round(5))
@@ -615,8 +617,12 @@ if truth is not None:
     crb_A = float(np.nanmedian(icgd_engine.log["crb_rms_A"][-10:]))
     last = schedule[-1].name.split(" (")[0]
     cycle_affine = icgd_log.loc[icgd_log.stage == last, "rms_affine_A"].tolist()
-    before = floor_log.stage.shift(-1) == last  # the stage before the high-pass one
-    floor_before_jitter = floor_log.loc[before, "rms_error_A"].iloc[0] if before.any() else float("nan")
+
+    def gate(log):
+        """Cycles in which the high-pass stage ran / was skipped by its noise gate."""
+        rows = log[log.stage == last]
+        return [int(c) for c in rows.loc[~rows.skipped, "cycle"]], [int(c) for c in rows.loc[rows.skipped, "cycle"]]
+
     lines += [
         f"- Scan error {start['total']:.4f} Å ({start['total'] / step:.2f} step; mixed error of strength "
         f"{error_strength_step} step). Final RMS error after {passes} passes (Å): {each('rms_A')}; py4DSTEM's best "
@@ -630,10 +636,11 @@ if truth is not None:
         f"affine {table.loc[floor_name, 'affine_A']:.4f}, high-pass {table.loc[floor_name, 'highpass_A']:.4f}.",
         f"- Why not 20x: the scan error holds white jitter ({start['highpass']:.4f} Å high-pass part at the start) "
         f"and the single-pattern Cramér-Rao bound at this dose is {crb_A:.4f} Å, so nominal / 20 = "
-        f"{start['total'] / 20:.4f} Å is out of reach of any per-position estimate. Started from the truth, the "
-        f"positions are {floor_before_jitter:.4f} Å off before the first high-pass stage and "
-        f"{floor_log['rms_error_A'].iloc[-1]:.4f} Å at the end: at this dose that stage adds about as much noise as "
-        f"it removes jitter.",
+        f"{start['total'] / 20:.4f} Å is out of reach of any per-position estimate. A high-pass pass moves the "
+        f"positions by about that bound even where they are right, so the stage runs only when its first step is "
+        f"above sqrt(2) times the bound (the noise gate of `tdmctx.ptycho.icgd`): iCGD ran it in cycle(s) "
+        f"{gate(icgd_log)[0]} and skipped it in {gate(icgd_log)[1]}; started from the truth it ran in "
+        f"{gate(floor_log)[0]} and was skipped in {gate(floor_log)[1]}.",
         f"- The affine part converges slowly (the object, built on the distorted scan, absorbs a global "
         f"distortion): at the end of each cycle it is " + ", ".join(f"{v:.4f}" for v in cycle_affine) + " Å; the "
         f"floor's {table.loc[floor_name, 'affine_A']:.4f} Å includes the detector-rotation estimate's error.",

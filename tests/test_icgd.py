@@ -127,3 +127,32 @@ def test_restart_object_blanks_the_object_and_keeps_positions(small_problem):
     assert torch.equal(seen["object"], torch.ones_like(seen["object"]))
     assert torch.equal(probe, seen["probe"])  # the probe carries over
     np.testing.assert_array_equal(engine.positions_A, before)  # frozen warm-up: positions untouched
+
+
+def test_noise_gate_skips_a_stage_whose_step_is_within_the_shot_noise(small_problem):
+    data, true = small_problem
+    # Started from the truth there is nothing to correct: every step is noise (noise-free data
+    # give a zero step), so a gate of any size skips the stage and leaves the engine untouched.
+    engine = _engine(data, true)
+    run_icgd(engine, SCHEDULE[:1], progress=False)
+    before = engine.state_dict()
+    gated = Stage("jitter", "highpass", max_iterations=3, min_iterations=1, noise_gate=1e6)
+    result = run_icgd(engine, [gated], progress=False)
+    assert result.stages[0]["skipped"] and result.stages[0]["passes"] == 0
+    assert engine.iteration == before["iteration"]
+    torch.testing.assert_close(engine.state_dict()["object"], before["object"])
+    # Without the gate (or with a tiny one) the same stage runs.
+    ran = run_icgd(engine, [Stage("jitter", "highpass", max_iterations=2, min_iterations=2, noise_gate=1e-9)],
+                   progress=False)
+    assert not ran.stages[0]["skipped"] and ran.stages[0]["passes"] == 2
+
+
+def test_state_dict_is_a_snapshot(small_problem):
+    data, true = small_problem
+    engine = _engine(data, true)
+    engine.run(1, refine_positions=False, progress=False)
+    state = engine.state_dict()
+    frozen = state["object"].clone()
+    engine.run(1, refine_positions=False, progress=False)
+    torch.testing.assert_close(state["object"], frozen)
+    assert not torch.equal(engine.state_dict()["object"], frozen)

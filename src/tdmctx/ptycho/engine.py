@@ -430,16 +430,18 @@ class GDPtychography:
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict:
-        """Everything :meth:`run` depends on, on the CPU, for checkpoints (``torch.save``-able).
+        """A snapshot of everything :meth:`run` depends on, on the CPU (``torch.save``-able).
 
         Besides object, probe and positions this includes the cached Fisher information and
         the pass counters, so that a resumed run repeats an uninterrupted one exactly.
         """
+        # Copies: on the CPU .cpu() returns the live tensor, which later passes update in place,
+        # and a state taken to roll back to must not follow them.
         return {
-            "object": self.object.detach().cpu(),
-            "probe": self.probe.detach().cpu(),
-            "positions_px": self.positions_px.detach().cpu(),
-            "fisher": None if self.fisher is None else self.fisher.detach().cpu(),
+            "object": self.object.detach().cpu().clone(),
+            "probe": self.probe.detach().cpu().clone(),
+            "positions_px": self.positions_px.detach().cpu().clone(),
+            "fisher": None if self.fisher is None else self.fisher.detach().cpu().clone(),
             "position_passes": self.position_passes,
             "iteration": self.iteration,
             "elapsed_s": self.elapsed_s,
