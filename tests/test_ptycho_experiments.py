@@ -19,7 +19,6 @@ from tdmctx.ptycho.experiments import (  # noqa: E402
     experiment_dataset,
     make_constraint,
     run_constraint_experiment,
-    square_mos2_cell,
     summary_table,
 )
 from tdmctx.ptycho.experiment_figures import (  # noqa: E402
@@ -37,6 +36,7 @@ from tdmctx.ptycho.experiment_figures import (  # noqa: E402
     summary_styler,
 )
 from tdmctx.ptycho.scan import RasterScan  # noqa: E402
+from tdmctx.ptycho.simulate import square_mos2_cell  # noqa: E402
 
 # Small and coarse, so that one abTEM simulation takes a second or two.
 SMALL = Conditions(max_angle_mrad=40.0, potential_sampling_A=0.15, margin_A=4.0)

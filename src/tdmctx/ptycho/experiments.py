@@ -25,7 +25,7 @@ A dose is electrons per square Angstrom; each pattern gets ``dose * step_A**2`` 
 Noise-free patterns are simulated once per (error, magnitude, seed) and cached by
 :func:`tdmctx.ptycho.simulate.simulate_4dstem`; the Poisson noise of each dose is drawn here.
 
-Why a square cell (:func:`square_mos2_cell`): abTEM's angular sampling is lambda / cell extent
+Why a square cell (:func:`tdmctx.ptycho.simulate.square_mos2_cell`): abTEM's angular sampling is lambda / cell extent
 per axis, so the default 15.95 x 16.58 Angstrom cell gives a non-square detector that must be
 resampled by interpolation, and that interpolation is a model error that the engine turns into
 a ~0.07 Angstrom RMS position bias on noise-free data. A square cell needs no resampling.
@@ -45,6 +45,7 @@ import numpy as np
 from tdmctx.ptycho.io import PtychoDataset, dataset_from_mapping
 from tdmctx.ptycho.metrics import error_decomposition, rms_error_A
 from tdmctx.ptycho.scan import AffineError, DriftError, JitterError, LineJumps, RasterScan, ScanError
+from tdmctx.ptycho.simulate import square_mos2_cell
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -58,7 +59,6 @@ __all__ = [
     "Conditions",
     "ScaledError",
     "HighpassError",
-    "square_mos2_cell",
     "error_model",
     "experiment_scan",
     "experiment_dataset",
@@ -138,30 +138,6 @@ class HighpassError(ScanError):
         d = self.model.displacement_A(scan).reshape(-1, 2)
         fast = make_constraint("highpass", scan)(d, None, scan.scan_shape)
         return np.asarray(fast).reshape(*scan.scan_shape, 2)
-
-
-def square_mos2_cell(min_side_A: float, a_A: float = 3.19, max_mismatch: float = 0.04) -> Atoms:
-    """Monolayer MoS2 in a square periodic cell of side at least ``min_side_A`` Angstrom.
-
-    The smallest orthogonal supercell ``nx x ny`` whose sides differ by at most ``max_mismatch``
-    is put in a square cell of the longer side; the shorter axis keeps a seam (a strip of that
-    width, 0.23 Angstrom for the 7 x 4 cell) far from the scan. The crystal itself is unstrained.
-    """
-    from tdmctx.ptycho.simulate import mos2_cell
-
-    if not min_side_A > 0:
-        raise ValueError(f"min_side_A={min_side_A!r} must be a positive number of Angstrom")
-    b_A = a_A * math.sqrt(3.0)
-    for nx in range(1, 200):
-        ny = max(1, round(nx * a_A / b_A))
-        side = max(nx * a_A, ny * b_A)
-        if side >= min_side_A and abs(nx * a_A - ny * b_A) <= max_mismatch * side:
-            atoms = mos2_cell((nx, ny), a_A=a_A)
-            cell = np.array(atoms.cell)
-            cell[0, 0] = cell[1, 1] = side
-            atoms.set_cell(cell)
-            return atoms
-    raise ValueError(f"no square MoS2 cell up to 200 repeats for min_side_A={min_side_A!r}")
 
 
 def experiment_scan(atoms: Atoms, scan_shape: tuple[int, int], step_A: float) -> RasterScan:

@@ -14,6 +14,7 @@ object, the same Fourier-shift forward model as the engine, written independentl
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 
 import numpy as np
@@ -22,19 +23,43 @@ from tdmctx.ptycho.detector import object_pixel_size_A, square_detector
 from tdmctx.ptycho.io import PtychoDataset, dataset_from_mapping, load_dataset, save_dataset
 from tdmctx.ptycho.scan import RasterScan, ScanError
 
-__all__ = ["mos2_cell", "centred_scan", "simulate_4dstem", "simulate_synthetic", "abtem_to_yx"]
+__all__ = ["mos2_cell", "square_mos2_cell", "centred_scan", "simulate_4dstem", "simulate_synthetic", "abtem_to_yx"]
 
 
 def mos2_cell(repeats: tuple[int, int] = (5, 3), a_A: float = 3.19, vacuum_A: float = 2.0):
     """Orthogonal monolayer 2H-MoS2 cell, repeated ``repeats`` = (along x, along y) times.
 
-    The default (5, 3) is 15.95 x 16.58 Angstrom, close to square.
+    The default (5, 3) is 15.95 x 16.58 Angstrom, close to square but not square: abTEM's
+    detector then has two angular samplings that must be interpolated onto one, a model error
+    that biases refined positions (:func:`square_mos2_cell` avoids it).
     """
     import abtem
     import ase.build
 
     atoms = ase.build.mx2("MoS2", a=a_A, thickness=3.19, vacuum=vacuum_A)
     return abtem.orthogonalize_cell(atoms) * (int(repeats[0]), int(repeats[1]), 1)
+
+
+def square_mos2_cell(min_side_A: float, a_A: float = 3.19, max_mismatch: float = 0.04):
+    """Monolayer MoS2 in a square periodic cell of side at least ``min_side_A`` Angstrom.
+
+    The smallest orthogonal supercell ``nx x ny`` whose sides differ by at most ``max_mismatch``
+    is put in a square cell of the longer side; the shorter axis keeps a seam (a strip of that
+    width, 0.23 Angstrom for the 7 x 4 cell) far from the scan. The crystal itself is unstrained.
+    """
+    if not min_side_A > 0:
+        raise ValueError(f"min_side_A={min_side_A!r} must be a positive number of Angstrom")
+    b_A = a_A * math.sqrt(3.0)
+    for nx in range(1, 200):
+        ny = max(1, round(nx * a_A / b_A))
+        side = max(nx * a_A, ny * b_A)
+        if side >= min_side_A and abs(nx * a_A - ny * b_A) <= max_mismatch * side:
+            atoms = mos2_cell((nx, ny), a_A=a_A)
+            cell = np.array(atoms.cell)
+            cell[0, 0] = cell[1, 1] = side
+            atoms.set_cell(cell)
+            return atoms
+    raise ValueError(f"no square MoS2 cell up to 200 repeats for min_side_A={min_side_A!r}")
 
 
 def centred_scan(atoms, scan_shape: tuple[int, int], step_A: float) -> RasterScan:
