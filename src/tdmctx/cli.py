@@ -18,6 +18,7 @@ _REGISTRARS = (
     "tdmctx.notebooks",
     "tdmctx.cli_data",
     "tdmctx.defects.cli",
+    "tdmctx.defects.cli_classify",
     "tdmctx.ptycho.cli",
 )
 

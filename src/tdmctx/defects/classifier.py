@@ -1,0 +1,286 @@
+"""The user-facing column classifier: the package's shipped models, from image to table.
+
+:class:`Classifier` wraps a trained :class:`~tdmctx.defects.models.ContextClassifier`
+(the network stays a plain ``torch.nn.Module``; this class owns what a user needs on top:
+finding the shipped weights, the model card, contexts given as mappings, and one call from
+an image and its column centres to a table)::
+
+    from tdmctx.defects import Classifier, Context
+
+    clf = Classifier.load()                          # shipped context-aware model
+    table = clf.classify_sites(image, points_px, pixel_size_A=0.4,
+                               context=Context("W", "Se", "Ti", energy_eV=80e3))
+
+Shipped weights live in ``tdmctx/defects/weights/`` (``context.pt``, ``image-only.pt``),
+written by :meth:`ContextClassifier.save` with a model card, and are read through
+:mod:`importlib.resources`, so that a non-editable install finds them. When the card holds
+a ``temperature`` (fitted on a validation split, :func:`tdmctx.defects.evaluate.fit_temperature`),
+probabilities are temperature scaled with it.
+
+Class priors: the models are trained on class-balanced patches (the card's
+``training.train_priors``, uniform when absent), while a real field is nearly all metal
+and X2 with a few percent of defects. :meth:`Classifier.classify_sites` therefore adapts
+the posteriors of one image to its own class priors, estimated from the unlabelled
+posteriors by EM (:func:`tdmctx.defects.evaluate.em_priors`, Saerens et al. 2002), as the
+experimental chapter does; ``priors="none"`` keeps the training priors.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+
+from tdmctx.defects.context import CLASS_NAMES, Context
+from tdmctx.defects.evaluate import em_priors, entropy
+from tdmctx.defects.models import ContextClassifier
+from tdmctx.defects.patches import PATCH, PatchSpec, extract_patches
+from tdmctx.defects.sites import as_image, pixel_size_of
+from tdmctx.experimental.columns import check_points, refine_columns
+
+__all__ = ["SHIPPED_MODELS", "PROBA_COLUMNS", "PRIOR_METHODS", "Classifier", "shipped_models", "as_context"]
+
+#: Names of the shipped models (file ``weights/<name>.pt``).
+SHIPPED_MODELS: tuple[str, ...] = ("context", "image-only")
+
+#: Class-prior handling of :meth:`Classifier.classify_sites`.
+PRIOR_METHODS: tuple[str, ...] = ("EM", "none")
+
+#: Probability columns of :meth:`Classifier.classify_sites`, in class order.
+PROBA_COLUMNS: tuple[str, ...] = tuple(f"p_{name}" for name in CLASS_NAMES)
+
+# Centres move at most this far when refined, Angstrom: a whole-pixel label is within
+# 0.7 px of its column, and a third of the shortest TMD bond (1.8 A) keeps a dim column
+# from being pulled onto its neighbour. Smoothing as in tdmctx.defects.sites.
+_REFINE_RADIUS_A = 0.6
+_SMOOTH_A = 0.4
+
+
+def _weights_folder():
+    """The package's weights folder (a Traversable; a Path for ordinary installs)."""
+    return resources.files("tdmctx.defects") / "weights"
+
+
+def shipped_models() -> tuple[str, ...]:
+    """Names of the shipped models whose weight files are present in this installation."""
+    folder = _weights_folder()
+    return tuple(name for name in SHIPPED_MODELS if (folder / f"{name}.pt").is_file())
+
+
+def as_context(context: Context | Mapping[str, Any] | None) -> Context:
+    """A :class:`Context` from a Context, a mapping of its fields, or ``None`` (all unknown).
+
+    Raises
+    ------
+    ValueError
+        For keys that are not context fields, invalid values, or another type.
+    """
+    if context is None:
+        return Context()
+    if isinstance(context, Context):
+        return context
+    if isinstance(context, Mapping):
+        return Context.from_dict(dict(context))
+    raise ValueError(f"context is a {type(context).__name__}; expected a Context, a mapping of its fields, or None")
+
+
+class Classifier:
+    """A trained column classifier with its model card.
+
+    Parameters
+    ----------
+    model
+        The network.
+    device
+        ``None``: CUDA when available, else the CPU.
+    spec
+        The patch definition the model was trained on (the package's one definition).
+
+    Attributes
+    ----------
+    model
+        The wrapped :class:`~tdmctx.defects.models.ContextClassifier` (eval mode).
+    spec
+        The patch definition the model takes (:data:`~tdmctx.defects.patches.PATCH`).
+    """
+
+    def __init__(
+        self, model: ContextClassifier, *, device: str | torch.device | None = None, spec: PatchSpec = PATCH
+    ) -> None:
+        if not isinstance(model, ContextClassifier):
+            raise ValueError(f"model is a {type(model).__name__}; expected a tdmctx.defects.ContextClassifier")
+        self.model = model.eval()
+        self.device = device
+        self.spec = spec
+
+    # -- loading ----------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike | None = None, *, model: str = "context", device: str | torch.device | None = None
+    ) -> Classifier:
+        """Load the shipped model ``model``, or the model file ``path``.
+
+        Parameters
+        ----------
+        path
+            A file written by :meth:`ContextClassifier.save`; ``None`` loads the shipped
+            weights named by ``model``.
+        model
+            ``"context"`` (context-aware) or ``"image-only"``; used when ``path`` is ``None``.
+        device
+            ``None``: CUDA when available, else the CPU.
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``path`` does not exist, or the shipped weights are not in this installation.
+        ValueError
+            For an unknown ``model`` name or a file that is not a saved classifier.
+        """
+        if path is not None:
+            return cls(ContextClassifier.load(path, device=device), device=device)
+        if model not in SHIPPED_MODELS:
+            raise ValueError(f"model={model!r} is not a shipped model; expected one of {SHIPPED_MODELS}")
+        resource = _weights_folder() / f"{model}.pt"
+        if not resource.is_file():
+            raise FileNotFoundError(
+                f"the shipped {model!r} weights (tdmctx/defects/weights/{model}.pt) are not in this installation; "
+                "they are written by the training of the defect chapter. Pass a model file with path=... "
+                "(or --weights PATH on the command line)"
+            )
+        with resources.as_file(resource) as file:
+            return cls(ContextClassifier.load(file, device=device), device=device)
+
+    @property
+    def card(self) -> dict[str, Any]:
+        """The model card (data, profile, metrics, hardware) saved with the weights."""
+        return self.model.card
+
+    @property
+    def train_priors(self) -> np.ndarray:
+        """(5,) class frequencies of training, from the card (uniform when it gives none)."""
+        value = self.card.get("train_priors", self.card.get("training", {}).get("train_priors"))
+        uniform = np.full(len(CLASS_NAMES), 1.0 / len(CLASS_NAMES))
+        if value is None:
+            return uniform
+        priors = np.asarray(value, dtype=np.float64)
+        if priors.shape != uniform.shape or np.any(priors < 0) or not np.isclose(priors.sum(), 1.0):
+            raise ValueError(f"the model card's train_priors {value!r} are not {len(CLASS_NAMES)} frequencies summing to 1")
+        return priors
+
+    @property
+    def temperature(self) -> float:
+        """Softmax temperature from the card (``1.0`` when the card gives none)."""
+        value = self.card.get("temperature", 1.0)
+        try:
+            t = float(value)
+        except (TypeError, ValueError):
+            t = float("nan")
+        if not (math.isfinite(t) and t > 0):
+            raise ValueError(f"the model card's temperature {value!r} is not a positive number")
+        return t
+
+    def __repr__(self) -> str:
+        return f"Classifier(variant={self.model.variant!r}, fields={self.model.fields!r}, card keys={sorted(self.card)})"
+
+    # -- prediction -------------------------------------------------------------------
+    def predict_proba(
+        self,
+        patches: np.ndarray | torch.Tensor,
+        context: Context | Mapping[str, Any] | None = None,
+        *,
+        batch_size: int = 512,
+    ) -> np.ndarray:
+        """Class probabilities for normalised patches, (N, 5) in class order, rows summing to 1.
+
+        Parameters
+        ----------
+        patches
+            (N, H, W) patches cut by :func:`~tdmctx.defects.patches.extract_patches`.
+        context
+            One context for every patch: a :class:`Context`, a mapping of its fields
+            (``host_metal``, ``chalcogen``, ``dopant``, ``energy_eV``,
+            ``detector_inner_mrad``, ``detector_outer_mrad``; absent or ``None`` = unknown)
+            or ``None`` (all unknown). Ignored by image-only models.
+        batch_size
+            Patches per forward pass.
+        """
+        ctx = as_context(context)
+        return self.model.predict_proba(
+            patches, ctx, temperature=self.temperature, batch_size=batch_size, device=self.device
+        )
+
+    def classify_sites(
+        self,
+        image: np.ndarray | xr.DataArray,
+        points_px: np.ndarray,
+        *,
+        pixel_size_A: float | None = None,
+        context: Context | Mapping[str, Any] | None = None,
+        refine: bool = True,
+        priors: str = "EM",
+    ) -> pd.DataFrame:
+        """Classify the columns at given centres of one image.
+
+        Parameters
+        ----------
+        image
+            (y, x) image, any units (a DataArray may carry ``pixel_size_A``).
+        points_px
+            (N, 2) (x, y) column centres, pixels.
+        pixel_size_A
+            Image pixel, Angstrom; read from ``image.attrs`` when ``None``.
+        context
+            As in :meth:`predict_proba`.
+        refine
+            Move each centre to the sub-pixel column maximum nearby (at most 0.6 A) first;
+            pass ``False`` for centres that are already refined or lattice positions of
+            possibly empty sites (:func:`tdmctx.defects.sites.find_sites`).
+        priors
+            ``"EM"``: adapt the posteriors to this image's class priors, estimated without
+            labels (module docstring; needs many sites, a whole field); ``"none"``: keep
+            the training priors.
+
+        Returns
+        -------
+        pandas.DataFrame
+            One row per point, in input order: ``x_px``, ``y_px`` (the centres used),
+            ``class``, ``p_metal`` ... ``p_V2`` and ``entropy`` (nats).
+
+        Raises
+        ------
+        ValueError
+            For an image that is not 2-D and finite, a missing pixel size, points that are
+            not (N, 2) or lie outside the image, an invalid context or ``priors``.
+        """
+        if priors not in PRIOR_METHODS:
+            raise ValueError(f"priors={priors!r} is unknown; expected one of {PRIOR_METHODS}")
+        values = as_image(image)
+        px = pixel_size_of(image, pixel_size_A)
+        if self.model.in_channels != 1:
+            raise ValueError(f"this model takes {self.model.in_channels} detector channels; classify_sites handles one image")
+        ctx = as_context(context)
+        points = check_points(points_px, values.shape)
+        if len(points) == 0:
+            return pd.DataFrame({name: [] for name in ("x_px", "y_px", "class", *PROBA_COLUMNS, "entropy")})
+        if refine:
+            points = refine_columns(
+                values, points, search_radius_px=max(1.0, _REFINE_RADIUS_A / px), smooth_sigma_px=_SMOOTH_A / px
+            )
+        patches = extract_patches(values, points, source_pixel_A=px, spec=self.spec, device=self.device)
+        proba = self.predict_proba(patches, ctx)
+        if priors == "EM":
+            _, proba = em_priors(proba, self.train_priors)
+        table = pd.DataFrame({"x_px": points[:, 0], "y_px": points[:, 1]})
+        table["class"] = np.asarray(CLASS_NAMES, dtype=object)[np.argmax(proba, axis=1)]
+        for name, column in zip(PROBA_COLUMNS, proba.T):
+            table[name] = column
+        table["entropy"] = entropy(proba)
+        return table
