@@ -10,8 +10,10 @@ The dataset (catalog, conditions, simulation, store, patches) and the classifier
         ...
 """
 
+from tdmctx.defects.ablation import GRID, AblationResult, AblationSpec, TrainSettings, run_ablation
 from tdmctx.defects.acquisition import ScanSettings
 from tdmctx.defects.baseline import baseline_table, intensity_baseline, oracle_baseline, split_sublattices
+from tdmctx.defects.classifier import Classifier
 from tdmctx.defects.catalog import HOSTS, Host, System, catalog, get_host, get_system, hosts
 from tdmctx.defects.conditions import ImagingCondition, ProbeSettings, get_condition, imaging_conditions
 from tdmctx.defects.config import FAST_TOLERANCE, PROFILES, BuildConfig, profile_config
@@ -36,11 +38,22 @@ from tdmctx.defects.fastmodel import FastModel, calibrate, compare
 from tdmctx.defects.models import FIELD_SETS, VARIANTS, ContextClassifier, encode_contexts
 from tdmctx.defects.patches import PATCH, Augmentation, PatchSampler, PatchSpec, extract_patches, image_contexts, patch_loader
 from tdmctx.defects.simulate import MultisliceSettings, simulate_adf
+from tdmctx.defects.splits import Split, SplitUnavailable, make_split, plan_splits
 from tdmctx.defects.store import StoreError, build_dataset, completed_cases, open_case, open_dataset
 from tdmctx.defects.structures import Concentrations, Supercell, build_supercell
 from tdmctx.defects.train import init_distributed, predict_loader, train
 
 __all__ = [
+    "GRID",
+    "AblationResult",
+    "AblationSpec",
+    "TrainSettings",
+    "run_ablation",
+    "Split",
+    "SplitUnavailable",
+    "make_split",
+    "plan_splits",
+    "Classifier",
     "ContextClassifier",
     "FIELD_SETS",
     "VARIANTS",
