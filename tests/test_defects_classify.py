@@ -277,10 +277,6 @@ def test_shipped_weights_absent_is_a_clear_error(monkeypatch, tmp_path):
         Classifier.load(model="film")
 
 
-@pytest.mark.skipif(
-    set(shipped_models()) != set(SHIPPED_MODELS),
-    reason="shipped weights (tdmctx/defects/weights/context.pt, image-only.pt) not trained into the package yet",
-)
 def test_shipped_weights_load(lattice_image):
     image, truth, _ = lattice_image
     xy = on_image(truth)

@@ -126,6 +126,24 @@ class Augmentation:
         (low, high) read-noise RMS as a fraction of the patch's mean signal.
     gamma
         (low, high) exponent of a mild detector non-linearity (contrast change).
+    defect_fill
+        (low, high) of a uniform fraction ``a``: the centre column of a ``dopant`` or ``V1``
+        site is raised by ``a`` times its gap to the intact column of its sublattice (metal
+        for a dopant, X2 for a V1; medians of the same clean image; V2 is left as it is),
+        as a Gaussian of a column's width, before the dose noise: ``a = 1`` would make it
+        intact, so a defect never passes its intact neighbours. Domain randomisation for
+        defect columns that are brighter in experiment than in the simulation (adatoms,
+        contamination, partial occupancy, probe tails the simulation lacks). ``(0, 0)``: off.
+    tail_fraction
+        (low, high) fraction ``f`` of the signal moved into a wide Gaussian tail:
+        ``(1 - f) I + f (G * I)`` with ``G`` of FWHM ``tail_fwhm_A``, before the dose noise
+        (probe tails, partial coherence, source size). ``(0, 0)``: off.
+    tail_fwhm_A
+        FWHM of the tail kernel, Angstrom.
+    line_noise
+        (low, high) RMS of a random offset per scan row (the source window's rows, before
+        the rotation), as a fraction of the patch's mean signal: scan-line noise.
+        ``(0, 0)``: off.
     """
 
     rotate: bool = True
@@ -135,12 +153,43 @@ class Augmentation:
     dark_offset: tuple[float, float] = (0.0, 0.5)
     read_noise: tuple[float, float] = (0.0, 0.02)
     gamma: tuple[float, float] = (0.9, 1.1)
+    defect_fill: tuple[float, float] = (0.0, 0.0)
+    tail_fraction: tuple[float, float] = (0.0, 0.0)
+    tail_fwhm_A: float = 2.0
+    line_noise: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
+        for name in ("defect_fill", "tail_fraction", "line_noise"):
+            lo, hi = getattr(self, name)
+            if not 0.0 <= lo <= hi <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be (low, high) with 0 <= low <= high <= 1")
+        if not self.tail_fwhm_A > 0:
+            raise ValueError(f"tail_fwhm_A={self.tail_fwhm_A!r} must be positive")
         if self.dose_e_per_A2 is not None and not 0 < self.dose_e_per_A2[0] <= self.dose_e_per_A2[1]:
             raise ValueError(f"dose_e_per_A2={self.dose_e_per_A2!r} must be (low, high) with 0 < low <= high")
         if self.jitter_px < 0:
             raise ValueError(f"jitter_px={self.jitter_px!r} must be >= 0")
+
+
+def _intact_levels(images: np.ndarray, site_image: np.ndarray, xy: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per site, the median peak of the intact columns of its sublattice in its image.
+
+    Metal for a dopant, X2 for a V1; ``nan`` for the other sites (never filled). Peaks are
+    read at the nearest pixel of each centre.
+    """
+    out = np.full(len(labels), np.nan, dtype=np.float32)
+    ny, nx = images.shape[1:]
+    for i in np.unique(site_image):
+        sel = np.where(site_image == i)[0]
+        x = np.clip(np.rint(xy[sel, 0]).astype(int), 0, nx - 1)
+        y = np.clip(np.rint(xy[sel, 1]).astype(int), 0, ny - 1)
+        peak, lab = images[i, y, x], labels[sel]
+        # V2 is left as simulated: no measurement says how bright empty sites are in practice.
+        for defect, intact in ((("dopant",), "metal"), (("V1",), "X2")):
+            ok = lab == CLASS_IDS[intact]
+            if ok.any():
+                out[sel[np.isin(lab, [CLASS_IDS[d] for d in defect])]] = np.median(peak[ok])
+    return out
 
 
 def image_contexts(dataset: xr.Dataset) -> list[Context]:
@@ -363,6 +412,9 @@ class PatchSampler(IterableDataset):
         self._xy = torch.as_tensor(xy, device=self.device)
         self._labels = torch.as_tensor(labels, device=self.device)
         self._by_class = [self._sites[labels[self._sites] == k] for k in range(len(CLASS_NAMES))]
+        self._intact_level = None
+        if augmentation.defect_fill[1] > 0:
+            self._intact_level = torch.as_tensor(_intact_levels(values, site_image, xy, labels), device=self.device)
 
     @property
     def class_counts(self) -> dict[str, int]:
@@ -376,7 +428,14 @@ class PatchSampler(IterableDataset):
         which = rng.integers(0, len(present), self.batch_size)
         return np.array([present[k][rng.integers(0, len(present[k]))] for k in which])
 
-    def _noise(self, rng: np.random.Generator):
+    def _tail_kernel(self) -> torch.Tensor:
+        sigma_px = self.augmentation.tail_fwhm_A / (2.0 * math.sqrt(2.0 * math.log(2.0))) / self.pixel_size_A
+        r = int(math.ceil(3 * sigma_px))
+        u = torch.arange(-r, r + 1, dtype=torch.float32, device=self.device)
+        g = torch.exp(-0.5 * (u / sigma_px) ** 2)
+        return g / g.sum()
+
+    def _noise(self, rng: np.random.Generator, ref: torch.Tensor | None = None, frac: torch.Tensor | None = None):
         aug, dev, b = self.augmentation, self.device, self.batch_size
         gen = torch.Generator(device=dev).manual_seed(int(rng.integers(2**62)))
 
@@ -384,8 +443,35 @@ class PatchSampler(IterableDataset):
             lo, hi = lo_hi
             return (torch.rand(b, 1, 1, generator=gen, device=dev) * (hi - lo) + lo).float()
 
+        def fill(signal: torch.Tensor) -> torch.Tensor:
+            # A Gaussian bump on the centre column of defect sites; its sigma (0.45 A) is
+            # that of a simulated 80 kV column, its height a fraction of the window's contrast.
+            half = (signal.shape[-1] - 1) / 2
+            u = torch.arange(signal.shape[-1], device=dev, dtype=signal.dtype) - half
+            dx = u[None, None, :] - frac[:, 0, None, None].to(signal.dtype)
+            dy = u[None, :, None] - frac[:, 1, None, None].to(signal.dtype)
+            sigma_px = 0.45 / self.pixel_size_A
+            bump = torch.exp(-0.5 * (dx**2 + dy**2) / sigma_px**2)
+            half_i = signal.shape[-1] // 2
+            gap = (ref - signal[:, half_i, half_i]).clamp(min=0).nan_to_num(0.0)[:, None, None]
+            return signal + uniform(aug.defect_fill) * gap * bump
+
+        def tail(signal: torch.Tensor) -> torch.Tensor:
+            g = self._tail_kernel().to(signal.dtype)
+            r = (len(g) - 1) // 2
+            x = F.pad(signal[:, None], (r, r, r, r), mode="replicate")
+            x = F.conv2d(x, g[None, None, None, :])
+            x = F.conv2d(x, g[None, None, :, None])[:, 0]
+            f = uniform(aug.tail_fraction)
+            return (1 - f) * signal + f * x
+
         def apply(crops: torch.Tensor) -> torch.Tensor:
             signal = crops.clamp(min=0)
+            # Extra draws only when switched on, so that default batches stay as before.
+            if aug.defect_fill[1] > 0 and ref is not None:
+                signal = fill(signal)
+            if aug.tail_fraction[1] > 0:
+                signal = tail(signal)
             if aug.dose_e_per_A2 is not None:
                 lo, hi = np.log(aug.dose_e_per_A2[0]), np.log(aug.dose_e_per_A2[1])
                 dose = torch.exp(uniform((lo, hi)))
@@ -394,6 +480,9 @@ class PatchSampler(IterableDataset):
             signal = (signal / mean) ** uniform(aug.gamma) * mean
             signal = signal + uniform(aug.dark_offset) * mean
             signal = signal + uniform(aug.read_noise) * mean * torch.randn(signal.shape, generator=gen, device=dev)
+            if aug.line_noise[1] > 0:
+                rows = torch.randn(signal.shape[0], signal.shape[1], 1, generator=gen, device=dev)
+                signal = signal + uniform(aug.line_noise) * mean * rows
             return signal
 
         return apply
@@ -407,11 +496,14 @@ class PatchSampler(IterableDataset):
         centres = self._xy[sites] + jitter * self.spec.pixel_size_A / self.pixel_size_A
         angles = torch.as_tensor(rng.uniform(0, 2 * np.pi, b), dtype=torch.float32, device=dev) if aug.rotate else None
         mirror = torch.as_tensor(rng.random(b) < 0.5, device=dev) if aug.mirror else None
-        patches = cut_patches(self._images, idx, centres, self.spec, self.pixel_size_A, angles_rad=angles, mirror=mirror, noise=self._noise(rng))
+        labels = self._labels[sites]
+        ref = self._intact_level[sites] if self._intact_level is not None else None
+        noise = self._noise(rng, ref, centres - torch.round(centres))
+        patches = cut_patches(self._images, idx, centres, self.spec, self.pixel_size_A, angles_rad=angles, mirror=mirror, noise=noise)
         return {
             "image": patches[:, None].float(),
             "context": self._context[idx],
-            "label": self._labels[sites],
+            "label": labels,
             "image_index": idx,
             "site_index": sites,
         }
