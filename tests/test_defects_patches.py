@@ -134,8 +134,8 @@ def test_sites_near_edges_are_excluded_and_bad_selections_fail():
     ds = _toy_dataset()
     ds["site_x_px"][0] = 2.0
     sampler = PatchSampler(ds, batch_size=4, batches_per_epoch=1, images=[0])
-    assert 0 not in set(sampler._sites)
-    assert all(ds.site_image.values[sampler._sites] == 0)
+    assert 0 not in set(sampler.usable_sites)
+    assert all(ds.site_image.values[sampler.usable_sites] == 0)
     with pytest.raises(ValueError, match="no usable site"):
         PatchSampler(ds, images=[7])
     with pytest.raises(ValueError, match="dose_e_per_A2"):
@@ -151,3 +151,15 @@ def test_sampler_draws_new_batches_each_epoch():
     assert not torch.equal(next(iter(sampler))["site_index"], first)
     sampler.set_epoch(0)
     assert torch.equal(next(iter(sampler))["site_index"], first)
+
+
+def test_batch_at_given_sites_cuts_exactly_those():
+    ds = _toy_dataset()
+    sampler = PatchSampler(ds, batch_size=4, batches_per_epoch=1, seed=0)
+    sites = sampler.usable_sites[[0, 5, 9]]
+    b = sampler.batch(np.random.default_rng(1), sites)
+    assert b["image"].shape[0] == 3 and b["site_index"].tolist() == sites.tolist()
+    again = sampler.batch(np.random.default_rng(1), sites)
+    assert torch.equal(again["image"], b["image"])  # same generator, same read-out
+    with pytest.raises(ValueError, match="usable sites"):
+        sampler.batch(np.random.default_rng(1), np.array([10**6]))

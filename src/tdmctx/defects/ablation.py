@@ -143,20 +143,6 @@ class TrainSettings:
             raise ValueError(f"test_patches={self.test_patches!r} must be a positive integer or None (all sites)")
 
 
-def _sites_of(sampler: PatchSampler) -> np.ndarray:
-    # Usable sites (window inside the measured field) of the sampler's images.
-    return sampler._sites  # noqa: SLF001 - same package; see fixed_patches
-
-
-class _SiteList(PatchSampler):
-    """A PatchSampler that cuts patches at given sites instead of drawing them."""
-
-    queue: np.ndarray | None = None
-
-    def _draw_sites(self, rng: np.random.Generator) -> np.ndarray:
-        return self.queue
-
-
 def fixed_patches(
     dataset: xr.Dataset,
     images: Sequence[int],
@@ -198,16 +184,14 @@ def fixed_patches(
     """
     if len(images) == 0:
         raise ValueError("images is empty; expected the indices of at least one image")
-    sampler = _SiteList(dataset, spec, augmentation, images=images, batch_size=1, seed=seed, device=device)
-    sites = _sites_of(sampler)
+    sampler = PatchSampler(dataset, spec, augmentation, images=images, batch_size=1, seed=seed, device=device)
+    sites = sampler.usable_sites
     rng = np.random.default_rng(seed)
     if max_patches is not None and max_patches < len(sites):
         sites = np.sort(rng.choice(sites, max_patches, replace=False))
     parts = []
     for start in range(0, len(sites), chunk):
-        sampler.queue = sites[start : start + chunk]
-        sampler.batch_size = len(sampler.queue)
-        parts.append({k: v.cpu() for k, v in sampler.batch(rng).items()})
+        parts.append({k: v.cpu() for k, v in sampler.batch(rng, sites[start : start + chunk]).items()})
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
 

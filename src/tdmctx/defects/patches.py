@@ -435,8 +435,9 @@ class PatchSampler(IterableDataset):
         g = torch.exp(-0.5 * (u / sigma_px) ** 2)
         return g / g.sum()
 
-    def _noise(self, rng: np.random.Generator, ref: torch.Tensor | None = None, frac: torch.Tensor | None = None):
-        aug, dev, b = self.augmentation, self.device, self.batch_size
+    def _noise(self, rng: np.random.Generator, b: int, ref: torch.Tensor | None = None,
+               frac: torch.Tensor | None = None):
+        aug, dev = self.augmentation, self.device
         gen = torch.Generator(device=dev).manual_seed(int(rng.integers(2**62)))
 
         def uniform(lo_hi) -> torch.Tensor:
@@ -487,10 +488,28 @@ class PatchSampler(IterableDataset):
 
         return apply
 
-    def batch(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """Draw one augmented batch with the generator ``rng``."""
-        sites = torch.as_tensor(self._draw_sites(rng), device=self.device)
-        aug, b, dev = self.augmentation, self.batch_size, self.device
+    @property
+    def usable_sites(self) -> np.ndarray:
+        """Indices (along ``site``) of the sites whose window lies inside their image."""
+        return self._sites.copy()
+
+    def batch(self, rng: np.random.Generator, sites: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        """One augmented batch with the generator ``rng``.
+
+        Parameters
+        ----------
+        rng
+            Draws the sites (unless given) and the read-out.
+        sites
+            Cut these sites (from :attr:`usable_sites`) instead of drawing ``batch_size``:
+            fixed evaluation patches that still go through the training read-out.
+        """
+        if sites is None:
+            sites = self._draw_sites(rng)
+        elif not np.isin(sites, self._sites).all():
+            raise ValueError("sites holds indices that are not usable sites of this sampler (see usable_sites)")
+        sites = torch.as_tensor(sites, device=self.device)
+        aug, b, dev = self.augmentation, len(sites), self.device
         idx = self._site_image[sites]
         jitter = torch.as_tensor(rng.uniform(-aug.jitter_px, aug.jitter_px, (b, 2)), dtype=torch.float32, device=dev)
         centres = self._xy[sites] + jitter * self.spec.pixel_size_A / self.pixel_size_A
@@ -498,7 +517,7 @@ class PatchSampler(IterableDataset):
         mirror = torch.as_tensor(rng.random(b) < 0.5, device=dev) if aug.mirror else None
         labels = self._labels[sites]
         ref = self._intact_level[sites] if self._intact_level is not None else None
-        noise = self._noise(rng, ref, centres - torch.round(centres))
+        noise = self._noise(rng, b, ref, centres - torch.round(centres))
         patches = cut_patches(self._images, idx, centres, self.spec, self.pixel_size_A, angles_rad=angles, mirror=mirror, noise=noise)
         return {
             "image": patches[:, None].float(),
