@@ -1,4 +1,4 @@
-"""Dataset build settings and the ``quick`` / ``medium`` / ``paper`` profiles.
+"""Dataset build settings and the ``quick`` / ``multi`` / ``medium`` / ``paper`` profiles.
 
 A :class:`BuildConfig` fixes everything that changes the content of a store (which
 systems and conditions, cell sizes, defect concentrations, simulation accuracy, scan and
@@ -130,11 +130,21 @@ class BuildConfig:
 
 
 #: Named build profiles. ``quick`` is one system (Ti in WSe2, which the experimental
-#: chapter needs) under all six conditions with enriched defects; ``medium`` six dopants
+#: chapter needs) under all six conditions with enriched defects; ``multi`` the same
+#: settings for four dopants of very different Z (Ti, V, Nb, Re) in two hosts (WSe2, MoS2),
+#: the smallest store in which composition is a context worth knowing and a dopant can be
+#: held out (CPU-sized); ``medium`` six dopants
 #: on every host; ``paper`` the full 96 x 6 with realistic concentrations.
 PROFILES: dict[str, BuildConfig] = {
     "quick": BuildConfig(
         systems=("WSe2:Ti",),
+        images_per_case=16,
+        field_repeats=(12, 7),
+        fallback_cells=10,
+        multislice=MultisliceSettings(num_phonon_configs=4),
+    ),
+    "multi": BuildConfig(
+        systems=tuple(f"{h}:{d}" for h in ("WSe2", "MoS2") for d in ("Ti", "V", "Nb", "Re")),
         images_per_case=16,
         field_repeats=(12, 7),
         fallback_cells=10,
