@@ -9,6 +9,7 @@ import torch
 import xarray as xr
 
 from tdmctx.defects import CLASS_NAMES, ContextClassifier
+from tdmctx.defects.evaluate import cohen_kappa
 from tdmctx.defects import realdata as rd
 from tdmctx.defects.detector_angles import infer_detector, measured_chalcogen_ratio
 from tdmctx.defects.patches import Augmentation, PatchSampler
@@ -33,7 +34,7 @@ def test_scores_of_constructed_labels_match_hand_computed_values():
     assert s["n_dopant"] == 10 and s["n_pred_dopant"] == 9
     assert s["confusion"][CLASS_NAMES.index("dopant"), CLASS_NAMES.index("metal")] == 2
     ids = lambda names: np.array([CLASS_NAMES.index(n) for n in names])  # noqa: E731
-    assert rd._kappa(ids(labels), ids(pred)) == pytest.approx(s["kappa"])
+    assert cohen_kappa(ids(labels), ids(pred)) == pytest.approx(s["kappa"])
     low, high = rd.score_sites(labels, pred, n_boot=200)["kappa_ci"]
     assert low < s["kappa"] < high
 

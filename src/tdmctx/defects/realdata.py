@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from tdmctx.defects.classifier import Classifier
 from tdmctx.defects.context import CLASS_NAMES, Context
 from tdmctx.defects.evaluate import (
     as_class_ids,
@@ -45,6 +46,7 @@ from tdmctx.defects.evaluate import (
     confusion_matrix,
     em_priors,
     entropy,
+    per_class_scores,
     softmax,
 )
 from tdmctx.defects.detector_angles import detector_ratio_curve, infer_detector, measured_chalcogen_ratio
@@ -59,7 +61,6 @@ __all__ = [
     "ti_wse2_context",
     "load_field",
     "score_sites",
-    "class_f1",
     "correct_priors",
     "restrict_to_sublattice",
     "correct_posteriors",
@@ -182,34 +183,6 @@ def load_field(
 # -- scoring ------------------------------------------------------------------------------
 
 
-def class_f1(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> float:
-    """F1 of class id ``k`` (``nan`` when the class is neither present nor predicted)."""
-    t, p = np.asarray(y_true) == k, np.asarray(y_pred) == k
-    tp = np.sum(t & p)
-    denom = np.sum(t) + np.sum(p)
-    return float(2 * tp / denom) if denom else float("nan")
-
-
-def _kappa(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Cohen's kappa of class ids from one bincount (the bootstrap's inner loop)."""
-    k = len(CLASS_NAMES)
-    cm = np.bincount(np.asarray(y_true) * k + np.asarray(y_pred), minlength=k * k).reshape(k, k).astype(float)
-    n = cm.sum()
-    po = np.trace(cm) / n
-    pe = float(cm.sum(0) @ cm.sum(1)) / n**2
-    return float((po - pe) / (1 - pe)) if pe < 1 else float("nan")
-
-
-def _class_precision(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> float:
-    p = np.asarray(y_pred) == k
-    return float(np.sum(p & (np.asarray(y_true) == k)) / np.sum(p)) if np.any(p) else float("nan")
-
-
-def _class_recall(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> float:
-    t = np.asarray(y_true) == k
-    return float(np.sum(t & (np.asarray(y_pred) == k)) / np.sum(t)) if np.any(t) else float("nan")
-
-
 def score_sites(
     labels: Sequence[str] | np.ndarray,
     predicted: Sequence[str] | np.ndarray,
@@ -246,19 +219,20 @@ def score_sites(
         raise ValueError(f"labels has {t.shape[0]} sites and predicted {p.shape[0]}; expected the same")
     out: dict[str, Any] = {"n": int(len(t)), "accuracy": float(np.mean(t == p)), "kappa": cohen_kappa(t, p),
                            "confusion": confusion_matrix(t, p)}
+    scores = per_class_scores(t, p)
     for k, name in enumerate(CLASS_NAMES):
-        out[f"{name}_precision"] = _class_precision(t, p, k)
-        out[f"{name}_recall"] = _class_recall(t, p, k)
-        out[f"{name}_f1"] = class_f1(t, p, k)
-        out[f"n_{name}"] = int(np.sum(t == k))
+        out[f"{name}_precision"] = float(scores["precision"][k])
+        out[f"{name}_recall"] = float(scores["recall"][k])
+        out[f"{name}_f1"] = float(scores["f1"][k])
+        out[f"n_{name}"] = int(scores["support"][k])
         out[f"n_pred_{name}"] = int(np.sum(p == k))
     if n_boot:
         dop, v1 = CLASS_NAMES.index("dopant"), CLASS_NAMES.index("V1")
         metrics: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
-            "dopant_f1": lambda a, b: class_f1(a, b, dop),
-            "V1_f1": lambda a, b: class_f1(a, b, v1),
-            "V1_recall": lambda a, b: _class_recall(a, b, v1),
-            "kappa": _kappa,
+            "dopant_f1": lambda a, b: float(per_class_scores(a, b)["f1"][dop]),
+            "V1_f1": lambda a, b: float(per_class_scores(a, b)["f1"][v1]),
+            "V1_recall": lambda a, b: float(per_class_scores(a, b)["recall"][v1]),
+            "kappa": cohen_kappa,
         }
         for name, metric in metrics.items():
             ci = bootstrap_ci(metric, t, p, n_boot=n_boot, seed=seed)
@@ -373,11 +347,9 @@ class SitePrediction:
     priors: np.ndarray
 
 
-def _card_value(model: Any, key: str, default: Any) -> Any:
-    card = getattr(model, "card", None) or {}
-    if key in card:
-        return card[key]
-    return card.get("training", {}).get(key, default)
+def _classifier(model: Any) -> Classifier:
+    """The model with its card readers (temperature, training priors): one place reads the card."""
+    return model if isinstance(model, Classifier) else Classifier(model)
 
 
 def calibrated_posteriors(
@@ -393,8 +365,8 @@ def calibrated_posteriors(
     Parameters
     ----------
     model
-        A :class:`~tdmctx.defects.models.ContextClassifier` (its card gives the
-        temperature; 1 without a card).
+        A :class:`~tdmctx.defects.models.ContextClassifier` or :class:`~tdmctx.defects.Classifier`
+        (its card gives the temperature; 1 without a card).
     patches
         (N, size, size) normalised patches.
     detector_mrad
@@ -404,8 +376,9 @@ def calibrated_posteriors(
     device
         Torch device of the forward passes.
     """
-    temp = float(temperature if temperature is not None else _card_value(model, "temperature", 1.0))
-    logits = model.predict_logits(patches, ti_wse2_context(detector_mrad), device=device)
+    clf = _classifier(model)
+    temp = clf.temperature if temperature is None else float(temperature)
+    logits = clf.model.predict_logits(patches, ti_wse2_context(detector_mrad), device=device)
     return softmax(logits, temp)
 
 
@@ -413,10 +386,6 @@ def _prediction(probs: np.ndarray, source_priors: np.ndarray, correction: str,
                 metal_site: np.ndarray | None = None) -> SitePrediction:
     adapted, prior = correct_posteriors(probs, source_priors, correction, metal_site)
     return SitePrediction(adapted, np.asarray(CLASS_NAMES)[adapted.argmax(1)], entropy(adapted), prior)
-
-
-def _source_priors(model: Any) -> np.ndarray:
-    return np.asarray(_card_value(model, "train_priors", [1.0 / len(CLASS_NAMES)] * len(CLASS_NAMES)), dtype=float)
 
 
 def predict_sites(
@@ -436,7 +405,7 @@ def predict_sites(
     card); the sublattice corrections need ``metal_site``.
     """
     probs = calibrated_posteriors(model, patches, detector_mrad=detector_mrad, temperature=temperature, device=device)
-    return _prediction(probs, _source_priors(model), correction, metal_site)
+    return _prediction(probs, _classifier(model).train_priors, correction, metal_site)
 
 
 # -- detector angles -------------------------------------------------------------------------
@@ -538,7 +507,7 @@ def evaluate_fields(
                 # One forward pass serves every prior correction.
                 probs = calibrated_posteriors(model, data.patches, detector_mrad=det)
                 for method in corrections:
-                    pred = _prediction(probs, _source_priors(model), method, data.metal_site)
+                    pred = _prediction(probs, _classifier(model).train_priors, method, data.metal_site)
                     preds[(name, field, channel, label, method)] = pred
                     rows.append(_row(name, data, label, det, method, pred, n_boot, seed))
     table = pd.DataFrame(rows)
