@@ -107,6 +107,7 @@ from tdmctx.ptycho.preprocess import (
     apply_dark_gain,
     bin_patterns,
     bright_field_disk,
+    central_field,
     centre_patterns,
     estimate_defocus,
     threshold_electrons,
@@ -280,9 +281,7 @@ print(f"detector rotation {rotation_deg:.2f}°, transpose {transpose}{rotation_t
 # it worked.
 
 # %%
-rows0 = max(0, (electrons.shape[0] - defocus_field) // 2)
-cols0 = max(0, (electrons.shape[1] - defocus_field) // 2)
-central = electrons[rows0:rows0 + defocus_field, cols0:cols0 + defocus_field]
+central = central_field(electrons, defocus_field)
 defocus = estimate_defocus(central, step, sampling, rotation_deg=rotation_deg, transpose=transpose,
                            disk=bright_field_disk(electrons), max_fraction=defocus_max_fraction)
 fig, ax = plt.subplots(figsize=(5.4, 3.8))

@@ -95,3 +95,15 @@ def test_defocus_bad_input():
         estimate_defocus(np.zeros((3, 3, 8, 8)), 0.5, 1.0)
     with pytest.raises(ValueError, match="positive"):
         estimate_defocus(np.ones((6, 6, 8, 8)), -0.5, 1.0, disk=BrightFieldDisk((4.0, 4.0), 3.0))
+
+
+def test_central_field_is_the_middle_crop():
+    from tdmctx.ptycho.preprocess import central_field
+
+    cube = np.arange(10 * 7).reshape(10, 7, 1, 1)
+    crop = central_field(cube, 4)
+    assert crop.shape == (4, 4, 1, 1)
+    assert crop[0, 0, 0, 0] == cube[3, 1, 0, 0]  # rows 3-6, columns 1-4
+    assert central_field(cube, 32).shape == cube.shape  # a small scan is kept whole
+    with pytest.raises(ValueError, match="max_positions"):
+        central_field(cube, 0)

@@ -20,6 +20,7 @@ from tdmctx.ptycho.preprocess import (
     apply_dark_gain,
     bin_patterns,
     bright_field_disk,
+    central_field,
     centre_patterns,
     estimate_defocus,
     threshold_electrons,
@@ -147,10 +148,8 @@ def prepare_dataset(
     elif defocus == "keep" and dataset.defocus_A is not None:
         defocus_A = float(dataset.defocus_A)
     else:
-        rows0 = max(0, (electrons.shape[0] - defocus_field) // 2)
-        cols0 = max(0, (electrons.shape[1] - defocus_field) // 2)
-        central = electrons[rows0:rows0 + defocus_field, cols0:cols0 + defocus_field]
-        estimate = estimate_defocus(central, _step_A(dataset), dataset.angular_sampling_mrad,
+        estimate = estimate_defocus(central_field(electrons, defocus_field), _step_A(dataset),
+                                    dataset.angular_sampling_mrad,
                                     rotation_deg=rotation_deg, transpose=transpose,
                                     disk=disk or bright_field_disk(electrons), max_fraction=defocus_max_fraction)
         defocus_A, report.defocus_residual_A = float(estimate.defocus_A), float(estimate.residual_A)

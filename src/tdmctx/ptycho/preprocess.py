@@ -31,6 +31,7 @@ __all__ = [
     "bright_field_disk",
     "angular_sampling_from_disk",
     "estimate_defocus",
+    "central_field",
     "threshold_electrons",
     "centre_patterns",
     "bin_patterns",
@@ -142,6 +143,28 @@ def _subpixel_shift(reference: np.ndarray, image: np.ndarray, upsample: int) -> 
 
     shift, _, _ = phase_cross_correlation(reference, image, upsample_factor=upsample, normalization=None)
     return np.asarray(shift, dtype=np.float64)  # (rows, cols) that moves image onto reference
+
+
+def central_field(datacube: np.ndarray, max_positions: int) -> np.ndarray:
+    """The central ``max_positions x max_positions`` scan positions of a 4D dataset (all if fewer).
+
+    The parallax defocus estimate wants a field several times the largest parallax shift but
+    not so large that, on a crystal, a wrong lattice peak of the periodic correlation wins
+    (:func:`estimate_defocus`); a central crop keeps the sharpest, least distorted part.
+
+    Parameters
+    ----------
+    datacube
+        (scan_rows, scan_cols, k0, k1) patterns.
+    max_positions
+        Largest side of the field, scan positions.
+    """
+    cube = np.asarray(datacube)
+    if cube.ndim != 4 or int(max_positions) < 1:
+        raise ValueError(f"datacube {cube.shape} must be 4-D and max_positions={max_positions!r} >= 1")
+    n = int(max_positions)
+    rows0, cols0 = max(0, (cube.shape[0] - n) // 2), max(0, (cube.shape[1] - n) // 2)
+    return cube[rows0:rows0 + n, cols0:cols0 + n]
 
 
 def estimate_defocus(
