@@ -37,6 +37,7 @@ from tdmctx.defects.evaluate import (
 from tdmctx.defects.fastmodel import FastModel, calibrate, compare
 from tdmctx.defects.models import FIELD_SETS, VARIANTS, ContextClassifier, encode_contexts
 from tdmctx.defects.patches import PATCH, Augmentation, PatchSampler, PatchSpec, extract_patches, image_contexts, patch_loader
+from tdmctx.defects.portable import export_dataset
 from tdmctx.defects.simulate import MultisliceSettings, simulate_adf
 from tdmctx.defects.splits import Split, SplitUnavailable, make_split, plan_splits
 from tdmctx.defects.store import StoreError, build_dataset, completed_cases, open_case, open_dataset
@@ -116,6 +117,7 @@ __all__ = [
     "imaging_conditions",
     "open_case",
     "open_dataset",
+    "export_dataset",
     "patch_loader",
     "profile_config",
     "simulate_adf",

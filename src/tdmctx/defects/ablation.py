@@ -207,8 +207,11 @@ def _hash(obj: Any, n: int = 10) -> str:
 def store_key(dataset: xr.Dataset) -> str:
     """A short key of a store's content: its build settings and finished cases when on disk.
 
-    A dataset built in memory (tests) is keyed by a hash of its arrays instead.
+    A dataset read from a portable export keeps the key of the store it came from; one built
+    in memory (tests) is keyed by a hash of its arrays instead.
     """
+    if dataset.attrs.get("store_key"):
+        return str(dataset.attrs["store_key"])
     store = dataset.attrs.get("store")
     if store and (Path(store) / "tdmctx-dataset.json").is_file():
         from tdmctx.defects.store import completed_cases

@@ -331,8 +331,17 @@ def open_dataset(store: str | os.PathLike) -> xr.Dataset:
     ------
     FileNotFoundError
         If ``store`` is not a dataset store or holds no finished case.
+
+    Notes
+    -----
+    ``store`` may also be a single ``.npz`` file written by
+    :func:`tdmctx.defects.portable.export_dataset` (a store moved to another machine).
     """
-    path = Path(store)
+    path = Path(store).expanduser()
+    if path.suffix == ".npz":
+        from tdmctx.defects.portable import open_exported
+
+        return open_exported(path)
     read_config(path)
     names = completed_cases(path)
     if not names:
