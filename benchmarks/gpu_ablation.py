@@ -185,12 +185,41 @@ def _subset(res, specs: list[str], seeds: tuple[int, ...]):
     return sub
 
 
-def combine(paths: list[str], out_csv: str, n_boot: int, eval_seed: int) -> None:
+def figures(merged: dict, folder: str, stem: str) -> list[Path]:
+    """Entropy histograms, confusions and reliability of the seed-pooled headline models of each split."""
+    import matplotlib.pyplot as plt
+
+    from tdmctx.defects.ablation_plots import plot_confusions, plot_entropy, plot_reliability
+    from tdmctx.plotting import apply_style
+
+    apply_style()
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for kind, res in merged.items():
+        every = [s.name for s in res.specs if all((s.name, k) in res.runs for k in res.seeds)]
+        sub = _subset(res, [m for m in ("image-only", "film", "shuffled") if m in every], res.seeds)
+        for name, plot in (("entropy", plot_entropy), ("confusion", plot_confusions), ("reliability", plot_reliability)):
+            fig = plot(sub)
+            fig.suptitle(f"{res.split.name}: {len(res.labels)} test patches x {len(res.seeds)} seed(s)", fontsize=9)
+            path = out / f"{stem}_{kind}_{name}.png"
+            fig.savefig(path, dpi=110, bbox_inches="tight")
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+def combine(paths: list[str], out_csv: str, n_boot: int, eval_seed: int, figure_dir: str | None = None,
+            store: str | None = None) -> None:
     """Merge several runs' ``results.pkl`` (same settings, other models or seeds) into one tidy CSV.
 
     Per split, two blocks: ``grid`` (every model of the first seed) and ``seeds`` (the models
-    trained with every seed, pooled and per seed).
+    trained with every seed, pooled and per seed). With the store, both again as
+    ``grid-resolvable`` and ``seeds-resolvable`` on the test patches of systems whose dopant
+    differs from the host metal by Z >= 2, and a per-system table (``*_systems.csv``).
     """
+    from tdmctx.defects.ablation_metrics import per_system_table, resolvable_mask
+
     import pandas as pd
 
     merged: dict = {}
@@ -204,20 +233,32 @@ def combine(paths: list[str], out_csv: str, n_boot: int, eval_seed: int) -> None
                     merged[kind].seeds = tuple(sorted(set(merged[kind].seeds) | set(res.seeds)))
                 else:
                     merged[kind] = res
-    frames = []
+    ds = open_dataset(store) if store else None
+    frames, systems = [], []
     for kind, res in merged.items():
         seeds = res.seeds
         first = [s.name for s in res.specs if (s.name, seeds[0]) in res.runs]
-        frames.append(summarise(_subset(res, first, seeds[:1]), n_boot=n_boot, seed=eval_seed)
-                      .assign(split=res.split.name, block="grid"))
         every = [s.name for s in res.specs if all((s.name, k) in res.runs for k in seeds)]
-        if len(seeds) > 1 and len(every) > 1:
-            frames.append(summarise(_subset(res, every, seeds), n_boot=n_boot, seed=eval_seed)
-                          .assign(split=res.split.name, block="seeds"))
+        variants = [("", res)]
+        if ds is not None:
+            variants.append(("-resolvable", res.subset(resolvable_mask(res, ds))))
+            systems.append(per_system_table(_subset(res, every, seeds), ds).assign(split=res.split.name))
+        for suffix, r in variants:
+            frames.append(summarise(_subset(r, first, seeds[:1]), n_boot=n_boot, seed=eval_seed)
+                          .assign(split=res.split.name, block="grid" + suffix))
+            if len(seeds) > 1 and len(every) > 1:
+                frames.append(summarise(_subset(r, every, seeds), n_boot=n_boot, seed=eval_seed)
+                              .assign(split=res.split.name, block="seeds" + suffix))
+    if systems:
+        path = Path(out_csv).with_name(Path(out_csv).stem + "_systems.csv")
+        pd.concat(systems, ignore_index=True).to_csv(path, index=False, float_format="%.4f")
+        print(f"wrote {path}")
     tidy = pd.concat(frames, ignore_index=True)
     tidy.to_csv(out_csv, index=False)
     print(f"wrote {out_csv}: {len(tidy)} rows")
-    report(merged, n_boot, eval_seed) if all(len(r.seeds) == 1 for r in merged.values()) else None
+    if figure_dir:
+        for path in figures(merged, figure_dir, Path(out_csv).stem):
+            print(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -259,9 +300,11 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--out", required=True)
     c.add_argument("--n-boot", type=int, default=1000)
     c.add_argument("--eval-seed", type=int, default=0)
+    c.add_argument("--figures", default=None, help="folder for entropy, confusion and reliability figures")
+    c.add_argument("--store", default=None, help="the store (folder or .npz), for the per-system scores")
     args = parser.parse_args(argv)
     if args.command == "combine":
-        combine(args.results, args.out, args.n_boot, args.eval_seed)
+        combine(args.results, args.out, args.n_boot, args.eval_seed, args.figures, args.store)
     elif args.command == "pack":
         pack(args.store, args.out)
     elif args.command == "run":

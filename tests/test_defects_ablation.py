@@ -249,3 +249,51 @@ def test_grid_holds_the_ablations_of_the_issue():
     assert list(GRID) == ["image-only", "composition", "energy", "detector", "film", "shuffled", "late"]
     assert GRID["shuffled"].shuffle_context and not GRID["film"].shuffle_context
     assert GRID["late"].variant == "late" and GRID["energy"].fields == ("energy_eV",)
+
+
+# -- systems whose dopant no ADF image can resolve -------------------------------------------------
+
+
+def test_catalog_flags_exactly_the_delta_z_one_systems_as_unresolvable():
+    from tdmctx.defects.catalog import MIN_RESOLVABLE_DELTA_Z, catalog, get_system
+
+    assert get_system("MoS2:Nb").delta_Z == 1 and get_system("WSe2:Re").delta_Z == 1
+    assert get_system("WSe2:Ti").delta_Z == 74 - 22 and get_system("MoS2:V").delta_Z == 42 - 23
+    unresolvable = sorted(s.name for s in catalog() if not s.z_contrast_resolvable)
+    assert unresolvable == ["MoS2:Nb", "MoSe2:Nb", "WS2:Re", "WS2:Ta", "WSe2:Re", "WSe2:Ta"]
+    assert all(s.delta_Z >= MIN_RESOLVABLE_DELTA_Z for s in catalog() if s.z_contrast_resolvable)
+
+
+def test_subset_resolvable_mask_and_per_system_table(tmp_path):
+    from tdmctx.defects.ablation_metrics import per_system_table, resolvable_mask
+
+    ds = tiny_store(dopants=("Ti", "Ta"), energies_kV=(80,), n_fields=4)
+    ds["system"] = ("image", np.array([f"WSe2:{d}" for d in ds.dopant.values]))
+    split = make_split(ds, "image", seed=0)
+    result = run_ablation(ds, split, ("image-only", "film"), settings=FAST, cache=tmp_path, device="cpu",
+                          progress=False)
+    mask = resolvable_mask(result, ds)
+    assert np.array_equal(mask, ds.dopant.values[result.image_index] == "Ti") and mask.any() and not mask.all()
+
+    sub = result.subset(mask)
+    assert len(sub.labels) == mask.sum() and np.array_equal(sub.groups, result.groups[mask])
+    for key, run in sub.runs.items():
+        np.testing.assert_array_equal(run.test_probs, result.runs[key].test_probs[mask])
+        assert run.temperature == result.runs[key].temperature  # fitted on validation, not refitted
+    assert len(result.runs[("film", 0)].test_logits) == len(result.labels)  # the original is untouched
+    whole = ablation_table(summarise(result.subset(np.ones_like(mask)), n_boot=20))
+    assert whole.equals(ablation_table(summarise(result, n_boot=20)))
+    with pytest.raises(ValueError, match="boolean array"):
+        result.subset(mask[:-1])
+    with pytest.raises(ValueError, match="keeps no test patch"):
+        result.subset(np.zeros_like(mask))
+
+    table = per_system_table(result, ds)
+    assert set(table.system) == {"WSe2:Ti", "WSe2:Ta"} and set(table.model) == {"image-only", "film"}
+    ta = table[table.system == "WSe2:Ta"].iloc[0]
+    assert ta.delta_Z == 1 and not ta.resolvable
+    dopant = CLASS_NAMES.index("dopant")
+    assert ta.dopant_sites == int(np.sum((~mask) & (result.labels == dopant)))
+    assert table[["accuracy", "dopant_recall", "dopant_called_metal"]].stack().between(0, 1).all()
+    with pytest.raises(ValueError, match="no 'system' variable"):
+        resolvable_mask(result, ds.drop_vars("system"))

@@ -33,7 +33,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +313,30 @@ class AblationResult:
         """Raise ``ValueError`` if ``spec`` is not a model of this ablation."""
         if spec not in {s.name for s in self.specs}:
             raise ValueError(f"spec={spec!r} is not in this ablation; expected one of {[s.name for s in self.specs]}")
+
+    def subset(self, mask: np.ndarray) -> AblationResult:
+        """The same models scored on a subset of the test patches (e.g. some systems only).
+
+        Parameters
+        ----------
+        mask
+            (N,) boolean over the test patches (``labels``); at least one must be kept.
+
+        Returns
+        -------
+        AblationResult
+            A copy whose per-patch arrays and test logits keep the masked patches; the
+            validation logits and temperatures are unchanged (they were fitted on the
+            validation images, not on the test patches).
+        """
+        mask = np.asarray(mask)
+        if mask.dtype != bool or mask.shape != self.labels.shape:
+            raise ValueError(f"mask must be a boolean array of shape {self.labels.shape}; got {mask.dtype} {mask.shape}")
+        if not mask.any():
+            raise ValueError("mask keeps no test patch")
+        runs = {key: replace(run, test_logits=run.test_logits[mask]) for key, run in self.runs.items()}
+        return replace(self, labels=self.labels[mask], image_index=self.image_index[mask], groups=self.groups[mask],
+                       condition=self.condition[mask], runs=runs)
 
     def training_table(self) -> pd.DataFrame:
         """One row per model and seed: temperature, epochs, best epoch, val NLL, patches/s, time."""

@@ -36,6 +36,9 @@ __all__ = [
     "summarise",
     "ablation_table",
     "per_condition_table",
+    "per_system_table",
+    "resolvable_mask",
+    "test_systems",
 ]
 
 _K = len(CLASS_NAMES)
@@ -305,4 +308,59 @@ def per_condition_table(
             low, high = _interval(acc, confidence)
             rows.append({"condition": cond, "model": name, "label": labels.get(name, name), "patches": int(here.sum()),
                          "accuracy": float(acc[0]), "low": low, "high": high})
+    return pd.DataFrame(rows)
+
+
+def test_systems(result: AblationResult, dataset) -> np.ndarray:
+    """(N,) system name (``"MoS2:Nb"``) of each test patch, read from the store's ``system`` variable."""
+    if "system" not in dataset:
+        raise ValueError("dataset has no 'system' variable; expected the store of tdmctx.defects.open_dataset")
+    return np.asarray(dataset["system"].values).astype(str)[result.image_index]
+
+
+def resolvable_mask(result: AblationResult, dataset) -> np.ndarray:
+    """(N,) True for test patches of systems whose dopant is resolvable by Z contrast.
+
+    See :attr:`tdmctx.defects.catalog.System.z_contrast_resolvable`: in systems such as Nb in
+    MoS2 or Re in WSe2 (``delta_Z = 1``) a dopant column looks like a metal column to any ADF
+    classifier, which caps accuracy and entropy reduction on every metal-lattice site of
+    those images. Scoring with and without them separates that physical limit from the
+    classifier's own errors.
+    """
+    from tdmctx.defects.catalog import get_system
+
+    systems = test_systems(result, dataset)
+    ok = {name: get_system(name).z_contrast_resolvable for name in set(systems)}
+    return np.array([ok[name] for name in systems], dtype=bool)
+
+
+def per_system_table(result: AblationResult, dataset, specs: Sequence[str] | None = None) -> pd.DataFrame:
+    """Accuracy and dopant recall per system and model (seeds pooled), with ``delta_Z``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``system``, ``delta_Z``, ``resolvable``, ``model``, ``patches``,
+        ``accuracy``, ``dopant_sites``, ``dopant_recall``, ``dopant_called_metal``.
+    """
+    from tdmctx.defects.catalog import get_system
+
+    names = [s.name for s in result.specs] if specs is None else list(specs)
+    systems = result.stacked(test_systems(result, dataset))
+    labels = result.stacked(result.labels)
+    dopant, metal = CLASS_NAMES.index("dopant"), CLASS_NAMES.index("metal")
+    rows = []
+    for name in names:
+        pred = result.probs(name).argmax(1)
+        for system in sorted(set(systems)):
+            here = systems == system
+            dop = here & (labels == dopant)
+            info = get_system(system)
+            rows.append({
+                "system": system, "delta_Z": info.delta_Z, "resolvable": info.z_contrast_resolvable, "model": name,
+                "patches": int(here.sum()), "accuracy": float(np.mean(pred[here] == labels[here])),
+                "dopant_sites": int(dop.sum()),
+                "dopant_recall": float(np.mean(pred[dop] == dopant)) if dop.any() else np.nan,
+                "dopant_called_metal": float(np.mean(pred[dop] == metal)) if dop.any() else np.nan,
+            })
     return pd.DataFrame(rows)
