@@ -540,3 +540,68 @@ def test_parse_host_and_context_units():
     ctx = build_context("WSe2", "ti", 80, (70, 200))
     assert ctx == Context("W", "Se", "Ti", energy_eV=80e3, detector_inner_mrad=70.0, detector_outer_mrad=200.0)
     assert build_context(None, None, None) == Context()
+
+
+# -- compositions outside the training systems ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ti_model(tmp_path_factory):
+    """A small random context model whose card says it was trained on WSe2:Ti only."""
+    path = tmp_path_factory.mktemp("model") / "ti.pt"
+    model = ContextClassifier("film", width=4, context_hidden=8, seed=1)
+    with torch.no_grad():  # FiLM starts as the identity; make the context matter
+        generator = torch.Generator().manual_seed(0)
+        for name, param in model.named_parameters():
+            if name.startswith("film."):
+                param.add_(0.5 * torch.randn(param.shape, generator=generator))
+    model.save(path, card={"data": {"systems": ["WSe2:Ti"]}})
+    return path
+
+
+def test_unseen_composition_is_classified_as_unknown_by_default(ti_model, lattice_image):
+    image, truth, _ = lattice_image
+    patches = extract_patches(image, on_image(truth)[:16], source_pixel_A=PIXEL_A)
+    clf = Classifier.load(ti_model, device="cpu")
+    assert clf.training_systems == ("WSe2:Ti",)
+    seen = Context("W", "Se", "Ti", energy_eV=80e3)
+    assert clf.checked_context(seen) == seen  # nothing to do, no warning
+    told_v = Context("W", "Se", "V", energy_eV=80e3)
+    with pytest.warns(UserWarning, match="dopant='V'"):
+        assert clf.checked_context(told_v) == Context("W", "Se", None, energy_eV=80e3)
+    with pytest.warns(UserWarning, match="host_metal='Mo', chalcogen='S'"):
+        assert clf.checked_context(Context("Mo", "S", "Ti")) == Context(None, None, "Ti")
+    with pytest.warns(UserWarning):
+        default = clf.predict_proba(patches, told_v)
+    unknown = clf.predict_proba(patches, Context("W", "Se", None, energy_eV=80e3))
+    kept = clf.predict_proba(patches, told_v, unseen="keep")
+    np.testing.assert_allclose(default, unknown)
+    assert not np.allclose(kept, unknown)  # the dopant does reach the network when kept
+    with pytest.raises(ValueError, match="not among the model's training systems"):
+        clf.predict_proba(patches, told_v, unseen="error")
+    with pytest.raises(ValueError, match="unseen='maybe' is unknown"):
+        clf.checked_context(seen, "maybe")
+
+
+def test_unseen_check_skips_image_only_models_and_cards_without_systems(tiny_model, tmp_path):
+    told_v = Context("W", "Se", "V")
+    assert Classifier.load(tiny_model, device="cpu").checked_context(told_v, "error") == told_v  # card names none
+    path = tmp_path / "image-only.pt"
+    ContextClassifier("image-only", width=4, seed=0).save(path, card={"data": {"systems": ["WSe2:Ti"]}})
+    assert Classifier.load(path, device="cpu").checked_context(told_v, "error") == told_v
+
+
+def test_cli_unseen_dopant(tmp_path, ti_model, lattice_image, capsys):
+    image, truth, _ = lattice_image
+    np.save(tmp_path / "image.npy", image)
+    np.save(tmp_path / "points.npy", np.rint(on_image(truth)[:12]))
+    args = [tmp_path / "image.npy", "--host", "WSe2", "--dopant", "V", "--energy-kV", "80", "--points",
+            tmp_path / "points.npy", "--pixel-size-A", PIXEL_A, "--weights", ti_model, "--device", "cpu"]
+    refused = tmp_path / "refused" / "r.csv"
+    code, _, err = _run([*args, "--output", refused, "--unseen", "error"], capsys)
+    assert code != 0 and "dopant='V'" in err and not refused.parent.exists()
+    out = tmp_path / "ok" / "r.csv"
+    with pytest.warns(UserWarning, match="dopant='V'"):
+        code, stdout, err = _run([*args, "--output", out], capsys)
+    assert code == 0, err
+    assert "context unknown: dopant, detector_inner_mrad, detector_outer_mrad" in stdout and out.is_file()

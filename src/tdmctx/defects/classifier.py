@@ -23,12 +23,22 @@ and X2 with a few percent of defects. :meth:`Classifier.classify_sites` therefor
 the posteriors of one image to its own class priors, estimated from the unlabelled
 posteriors by EM (:func:`tdmctx.defects.evaluate.em_priors`, Saerens et al. 2002), as the
 experimental chapter does; ``priors="none"`` keeps the training priors.
+
+Compositions the model never saw: a context model told a dopant it was not trained on is
+*less* certain than the image-only model and worse calibrated, while the same model with
+that dopant declared unknown is the most accurate of all (chapter 02, H200 ablation on a held-out
+dopant: 98.3 % against 96.9 % told the dopant and 96.5 % image only). So by default
+(``unseen="unknown"``) composition fields outside the card's training systems are marked
+unknown, with a warning that names them; ``unseen="keep"`` passes them as given and
+``unseen="error"`` refuses them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
@@ -45,13 +55,18 @@ from tdmctx.defects.patches import PATCH, PatchSpec, extract_patches
 from tdmctx.defects.sites import as_image, pixel_size_of
 from tdmctx.experimental.columns import check_points, refine_columns
 
-__all__ = ["SHIPPED_MODELS", "PROBA_COLUMNS", "PRIOR_METHODS", "Classifier", "shipped_models", "as_context"]
+__all__ = [
+    "SHIPPED_MODELS", "PROBA_COLUMNS", "PRIOR_METHODS", "UNSEEN_POLICIES", "Classifier", "shipped_models", "as_context",
+]
 
 #: Names of the shipped models (file ``weights/<name>.pt``).
 SHIPPED_MODELS: tuple[str, ...] = ("context", "image-only")
 
 #: Class-prior handling of :meth:`Classifier.classify_sites`.
 PRIOR_METHODS: tuple[str, ...] = ("EM", "none")
+
+#: What :meth:`Classifier.predict_proba` does with a composition outside the training systems.
+UNSEEN_POLICIES: tuple[str, ...] = ("unknown", "keep", "error")
 
 #: Probability columns of :meth:`Classifier.classify_sites`, in class order.
 PROBA_COLUMNS: tuple[str, ...] = tuple(f"p_{name}" for name in CLASS_NAMES)
@@ -187,6 +202,45 @@ class Classifier:
             raise ValueError(f"the model card's temperature {value!r} is not a positive number")
         return t
 
+    @property
+    def training_systems(self) -> tuple[str, ...]:
+        """Systems (``"WSe2:Ti"``) the model was trained on, from the card; empty when it names none."""
+        data = self.card.get("data")
+        return tuple(data.get("systems", ()) or ()) if isinstance(data, Mapping) else ()
+
+    def checked_context(self, context: Context | Mapping[str, Any] | None, unseen: str = "unknown") -> Context:
+        """The context the network is given: composition fields it never saw handled by ``unseen``.
+
+        A dopant outside the training systems, or a host (metal and chalcogen) outside
+        them, is marked unknown (``"unknown"``, with a :class:`UserWarning`), passed as
+        given (``"keep"``) or refused (``"error"``, :class:`ValueError`). Models whose card
+        names no systems, and image-only models, get the context unchanged.
+        """
+        if unseen not in UNSEEN_POLICIES:
+            raise ValueError(f"unseen={unseen!r} is unknown; expected one of {UNSEEN_POLICIES}")
+        ctx = as_context(context)
+        if unseen == "keep" or self.model.variant == "image-only" or not self.training_systems:
+            return ctx
+        from tdmctx.defects.catalog import get_system
+
+        systems = [get_system(name) for name in self.training_systems]
+        hosts = {(s.host.metal, s.host.chalcogen) for s in systems}
+        blank = []
+        if ctx.dopant is not None and ctx.dopant not in {s.dopant for s in systems}:
+            blank.append("dopant")
+        if (ctx.host_metal, ctx.chalcogen) != (None, None) and (ctx.host_metal, ctx.chalcogen) not in hosts:
+            blank += [f for f in ("host_metal", "chalcogen") if getattr(ctx, f) is not None]
+        if not blank:
+            return ctx
+        given = ", ".join(f"{f}={getattr(ctx, f)!r}" for f in blank)
+        if unseen == "error":
+            raise ValueError(f"{given}: not among the model's training systems {list(self.training_systems)}; "
+                             "pass unseen='unknown' to classify with those fields unknown")
+        warnings.warn(f"{given} not among the model's training systems {list(self.training_systems)}: classified "
+                      "with those fields unknown (a context model told an unseen composition is worse calibrated; "
+                      "unseen='keep' overrides)", UserWarning, stacklevel=3)
+        return dataclasses.replace(ctx, **{f: None for f in blank})
+
     def __repr__(self) -> str:
         return f"Classifier(variant={self.model.variant!r}, fields={self.model.fields!r}, card keys={sorted(self.card)})"
 
@@ -197,6 +251,7 @@ class Classifier:
         context: Context | Mapping[str, Any] | None = None,
         *,
         batch_size: int = 512,
+        unseen: str = "unknown",
     ) -> np.ndarray:
         """Class probabilities for normalised patches, (N, 5) in class order, rows summing to 1.
 
@@ -211,8 +266,11 @@ class Classifier:
             or ``None`` (all unknown). Ignored by image-only models.
         batch_size
             Patches per forward pass.
+        unseen
+            Composition outside the training systems: ``"unknown"`` (default), ``"keep"``
+            or ``"error"`` (:meth:`checked_context`).
         """
-        ctx = as_context(context)
+        ctx = self.checked_context(context, unseen)
         return self.model.predict_proba(
             patches, ctx, temperature=self.temperature, batch_size=batch_size, device=self.device
         )
@@ -226,6 +284,7 @@ class Classifier:
         context: Context | Mapping[str, Any] | None = None,
         refine: bool = True,
         priors: str = "EM",
+        unseen: str = "unknown",
     ) -> pd.DataFrame:
         """Classify the columns at given centres of one image.
 
@@ -247,6 +306,8 @@ class Classifier:
             ``"EM"``: adapt the posteriors to this image's class priors, estimated without
             labels (module docstring; needs many sites, a whole field); ``"none"``: keep
             the training priors.
+        unseen
+            As in :meth:`predict_proba`.
 
         Returns
         -------
@@ -266,7 +327,7 @@ class Classifier:
         px = pixel_size_of(image, pixel_size_A)
         if self.model.in_channels != 1:
             raise ValueError(f"this model takes {self.model.in_channels} detector channels; classify_sites handles one image")
-        ctx = as_context(context)
+        ctx = self.checked_context(context, unseen)
         points = check_points(points_px, values.shape)
         if len(points) == 0:
             return pd.DataFrame({name: [] for name in ("x_px", "y_px", "class", *PROBA_COLUMNS, "entropy")})
@@ -275,7 +336,7 @@ class Classifier:
                 values, points, search_radius_px=max(1.0, _REFINE_RADIUS_A / px), smooth_sigma_px=_SMOOTH_A / px
             )
         patches = extract_patches(values, points, source_pixel_A=px, spec=self.spec, device=self.device)
-        proba = self.predict_proba(patches, ctx)
+        proba = self.predict_proba(patches, ctx, unseen="keep")
         if priors == "EM":
             _, proba = em_priors(proba, self.train_priors)
         table = pd.DataFrame({"x_px": points[:, 0], "y_px": points[:, 1]})

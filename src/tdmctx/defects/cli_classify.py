@@ -6,6 +6,7 @@
                     [--points POINTS.npy] --output OUT.csv [--model context|image-only]
                     [--weights PATH] [--pixel-size-A A] [--device D]
                     [--metal-sublattice brighter|darker] [--priors EM|none]
+                    [--unseen unknown|keep|error]
 
 IMAGE is a dm3/dm4 file (calibrated), a TIFF (pixel size from its tags only when they are
 unambiguous: ImageJ's length unit, or a centimetre resolution that gives an atomic-scale
@@ -81,6 +82,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--priors", default="EM", choices=("EM", "none"),
                    help="adapt the posteriors to this image's class priors estimated by EM (default), or keep the "
                         "class-balanced training priors")
+    p.add_argument("--unseen", default="unknown", choices=("unknown", "keep", "error"),
+                   help="a host or dopant the model was not trained on: classify with it unknown (default, with a "
+                        "warning), keep it as given, or refuse")
     p.add_argument("--pixel-size-A", type=float, default=None, help="pixel size, Angstrom (needed for .npy)")
     p.add_argument("--device", default=None, help="'cpu' or 'cuda' (default: CUDA when available)")
     p.set_defaults(handler=_cmd_classify)
@@ -262,6 +266,7 @@ def run_classify(
     device: str | None = None,
     priors: str = "EM",
     metal_brighter: bool | None = None,
+    unseen: str = "unknown",
 ) -> dict[str, Any]:
     """Classify the columns of one image and write ``output`` (CSV) and its ``.png`` overlay.
 
@@ -273,7 +278,8 @@ def run_classify(
     -------
     dict
         ``csv``, ``png`` (paths), ``table`` (the DataFrame written), ``metal_rule`` (how
-        the metal sublattice was decided, or ``None`` with ``--points``), ``seconds``.
+        the metal sublattice was decided, or ``None`` with ``--points``), ``context`` (the
+        context the model was given, after ``unseen``), ``seconds``.
     """
     from tdmctx.defects.classifier import Classifier
     from tdmctx.defects.context import Context
@@ -288,10 +294,12 @@ def run_classify(
     image, px = read_image(image_path, pixel_size_A)
     points = None if points_path is None else _read_points(points_path, image.shape)
     classifier = Classifier.load(weights, model=model, device=device)
+    context = classifier.checked_context(context, unseen)  # refuse (unseen="error") before any work
 
     metal_rule = None
     if points is not None:
-        table = classifier.classify_sites(image, points, pixel_size_A=px, context=context, refine=True, priors=priors)
+        table = classifier.classify_sites(image, points, pixel_size_A=px, context=context, refine=True, priors=priors,
+                                           unseen="keep")
     else:
         if metal_brighter is not None:
             brighter, source = metal_brighter, "--metal-sublattice"
@@ -299,7 +307,7 @@ def run_classify(
             brighter, source = metal_brighter_from_context(context), "detector rule"
         sites = find_sites(image, px, metal_brighter=brighter)
         table = classifier.classify_sites(
-            image, sites.points_px, pixel_size_A=px, context=context, refine=False, priors=priors
+            image, sites.points_px, pixel_size_A=px, context=context, refine=False, priors=priors, unseen="keep"
         )
         if sites.metal_group is None:
             from tdmctx.defects.classifier import PROBA_COLUMNS
@@ -312,7 +320,7 @@ def run_classify(
         for name in ("sublattice", "has_peak", "full_patch"):
             table[name] = extra[name].to_numpy()
     _write_outputs(table, image, px, csv_path, png_path)
-    return {"csv": csv_path, "png": png_path, "table": table, "metal_rule": metal_rule,
+    return {"csv": csv_path, "png": png_path, "table": table, "metal_rule": metal_rule, "context": context,
             "seconds": time.perf_counter() - start}
 
 
@@ -380,12 +388,12 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     result = run_classify(
         args.image, args.output, context=context, points_path=args.points, model=args.model,
         weights=args.weights, pixel_size_A=args.pixel_size_A, device=args.device, priors=args.priors,
-        metal_brighter=None if args.metal_sublattice is None else args.metal_sublattice == "brighter",
+        unseen=args.unseen, metal_brighter=None if args.metal_sublattice is None else args.metal_sublattice == "brighter",
     )
     table = result["table"]
     counts = table["class"].value_counts()
     classes = ", ".join(f"{name} {int(counts[name])}" for name in CLASS_NAMES if name in counts)
-    unknown = [f for f, v in context.to_dict().items() if v is None]
+    unknown = [f for f, v in result["context"].to_dict().items() if v is None]
     note = f"; metal sublattice from {result['metal_rule']}" if result["metal_rule"] else ""
     print(
         f"{result['csv']}: {len(table)} sites ({classes}), mean entropy {table['entropy'].mean():.3f} nats; "
