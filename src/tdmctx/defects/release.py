@@ -368,7 +368,8 @@ def _store_summary(dataset: xr.Dataset, store: str | os.PathLike | None) -> dict
         return sorted(set(dataset[var].values.astype(str))) if var in dataset else ["unknown"]
 
     return {
-        "store": "in memory" if store is None else str(store),
+        # The folder name, not the path: the card travels with the weights to other machines.
+        "store": "in memory" if store is None else Path(store).name,
         "profile": profile,
         "systems": names("system"),
         "conditions": names("condition"),
@@ -603,7 +604,8 @@ def write_model_card(out: str | os.PathLike, cards: dict[str, dict[str, Any]] | 
     lines += [
         "",
         "## Limits",
-        "- Trained on one system (WSe2:Ti) of the quick store: other hosts and dopants are out of distribution.",
+        "- Trained on one system (WSe2:Ti) of the quick store: other hosts and dopants are out of distribution;",
+        "  `Classifier` classifies them with those context fields unknown unless told otherwise (`unseen=`).",
         "- Single-channel models: each detector channel is classified on its own.",
         "- The real fields were never used for training or tuning; their detector angles are not recorded.",
         "- Probabilities are for class-balanced priors; correct them for the priors of your data",
