@@ -38,7 +38,7 @@ __all__ = [
     "per_condition_table",
     "per_system_table",
     "resolvable_mask",
-    "test_systems",
+    "patch_systems",
 ]
 
 _K = len(CLASS_NAMES)
@@ -311,7 +311,7 @@ def per_condition_table(
     return pd.DataFrame(rows)
 
 
-def test_systems(result: AblationResult, dataset) -> np.ndarray:
+def patch_systems(result: AblationResult, dataset) -> np.ndarray:
     """(N,) system name (``"MoS2:Nb"``) of each test patch, read from the store's ``system`` variable."""
     if "system" not in dataset:
         raise ValueError("dataset has no 'system' variable; expected the store of tdmctx.defects.open_dataset")
@@ -329,7 +329,7 @@ def resolvable_mask(result: AblationResult, dataset) -> np.ndarray:
     """
     from tdmctx.defects.catalog import get_system
 
-    systems = test_systems(result, dataset)
+    systems = patch_systems(result, dataset)
     ok = {name: get_system(name).z_contrast_resolvable for name in set(systems)}
     return np.array([ok[name] for name in systems], dtype=bool)
 
@@ -346,7 +346,7 @@ def per_system_table(result: AblationResult, dataset, specs: Sequence[str] | Non
     from tdmctx.defects.catalog import get_system
 
     names = [s.name for s in result.specs] if specs is None else list(specs)
-    systems = result.stacked(test_systems(result, dataset))
+    systems = result.stacked(patch_systems(result, dataset))
     labels = result.stacked(result.labels)
     dopant, metal = CLASS_NAMES.index("dopant"), CLASS_NAMES.index("metal")
     rows = []
