@@ -94,14 +94,21 @@ def save_results(results: dict, out: Path) -> None:
 
 
 def merge(results: dict, kind: str, res) -> None:
-    """Add the runs of a one-model ablation to the split's result (same fixed test patches)."""
+    """Add the runs of another ablation of the split (other models or seeds) to its result.
+
+    Both must share the training settings and the fixed test patches, so that every
+    comparison stays paired.
+    """
     if kind not in results:
         results[kind] = res
         return
     have = results[kind]
+    if have.settings != res.settings:
+        raise ValueError(f"split {kind}: the models were trained with other settings")
     if not np.array_equal(have.labels, res.labels):
         raise RuntimeError(f"split {kind}: the fixed test patches differ between models")
     have.specs = (*have.specs, *[s for s in res.specs if s not in have.specs])
+    have.seeds = tuple(sorted(set(have.seeds) | set(res.seeds)))
     have.runs.update(res.runs)
 
 
@@ -226,13 +233,7 @@ def combine(paths: list[str], out_csv: str, n_boot: int, eval_seed: int, figure_
     for path in paths:
         with open(path, "rb") as fh:
             for kind, res in pickle.load(fh).items():
-                if kind in merged and merged[kind].settings != res.settings:
-                    raise ValueError(f"{path}: split {kind} was trained with other settings")
-                if kind in merged:
-                    merge(merged, kind, res)
-                    merged[kind].seeds = tuple(sorted(set(merged[kind].seeds) | set(res.seeds)))
-                else:
-                    merged[kind] = res
+                merge(merged, kind, res)
     ds = open_dataset(store) if store else None
     frames, systems = [], []
     for kind, res in merged.items():
