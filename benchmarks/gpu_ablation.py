@@ -51,11 +51,11 @@ PRIORITY = (
 )
 
 
-def pack(store: str, out: str) -> None:
+def pack(store: str, out: str, float_dtype: str | None = None) -> None:
     from tdmctx.defects.portable import export_dataset
 
     start = time.perf_counter()
-    path = export_dataset(open_dataset(store), out)
+    path = export_dataset(open_dataset(store), out, float_dtype=float_dtype)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - start:.0f} s")
 
 
@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("pack", help="export a store folder to one .npz file")
     p.add_argument("store")
     p.add_argument("out")
+    p.add_argument("--float16", action="store_true", help="images at half precision (0.05 %%), half the file")
     r = sub.add_parser("run", help="train the ablation grid inside a time budget")
     r.add_argument("store", help="store folder or exported .npz")
     r.add_argument("--out", required=True)
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "combine":
         combine(args.results, args.out, args.n_boot, args.eval_seed, args.figures, args.store)
     elif args.command == "pack":
-        pack(args.store, args.out)
+        pack(args.store, args.out, "float16" if args.float16 else None)
     elif args.command == "run":
         run(args)
     else:

@@ -228,6 +228,32 @@ def test_portable_export_round_trips_exactly_and_keeps_the_store_key(built, tmp_
     assert store_key(back) == store_key(original)
 
 
+def test_portable_float16_export_is_within_half_precision_and_reads_back_as_float32(built, tmp_path, monkeypatch):
+    import tdmctx.defects.portable as portable
+    from tdmctx.defects.portable import export_dataset
+
+    monkeypatch.setattr(portable, "_SHUFFLE_MIN_BYTES", 0)
+    path, _, _, _ = built
+    original = open_dataset(path).load()
+    exact = export_dataset(original, tmp_path / "exact.npz")
+    half = export_dataset(original, tmp_path / "half.npz", float_dtype="float16")
+    assert half.stat().st_size < 0.8 * exact.stat().st_size
+    back = open_dataset(half)
+    ref, got = original["intensity"].values, back["intensity"].values
+    assert got.dtype == ref.dtype
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))  # padding survives
+    scale = np.nanmax(np.abs(ref))
+    err = np.nanmax(np.abs(got - ref))
+    assert 0 < err <= 2.0**-11 * scale  # lossy, but only by float16 rounding of the scaled values
+    np.testing.assert_array_equal(back["site_label"].values, original["site_label"].values)  # non-floats exact
+    with pytest.raises(ValueError, match="float_dtype='int8' is not supported"):
+        export_dataset(original, tmp_path / "bad.npz", float_dtype="int8")
+    broken = original.copy(deep=True)
+    broken["intensity"].values[0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="'intensity'.*inf"):
+        export_dataset(broken, tmp_path / "inf.npz", float_dtype="float16")
+
+
 def test_portable_rejects_truncated_foreign_and_missing_files(built, tmp_path):
     from tdmctx.defects.portable import export_dataset, open_exported
 

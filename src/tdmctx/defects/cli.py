@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = parser.add_subparsers(dest="dataset_command", required=True)
 
     build = sub.add_parser("build", help="build (or resume) a dataset store")
-    build.add_argument("--profile", default="quick", choices=("quick", "multi", "medium", "paper"))
+    build.add_argument("--profile", default="quick", choices=("quick", "multi", "wide", "medium", "paper"))
     build.add_argument("--store", default=None, help="store folder (default: the tdmctx cache, defects/PROFILE-seedSEED)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--scheduler", default=None, help="dask scheduler address, or 'synchronous' (default: a LocalCluster)")
