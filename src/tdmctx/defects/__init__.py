@@ -35,6 +35,7 @@ from tdmctx.defects.evaluate import (
     prior_shift,
 )
 from tdmctx.defects.fastmodel import FastModel, calibrate, compare
+from tdmctx.defects.label_audit import LabelAudit, audit_labels
 from tdmctx.defects.models import FIELD_SETS, VARIANTS, ContextClassifier, encode_contexts
 from tdmctx.defects.patches import PATCH, Augmentation, PatchSampler, PatchSpec, extract_patches, image_contexts, patch_loader
 from tdmctx.defects.portable import export_dataset
@@ -77,6 +78,8 @@ __all__ = [
     "per_class_scores",
     "prior_shift",
     "baseline_table",
+    "audit_labels",
+    "LabelAudit",
     "intensity_baseline",
     "oracle_baseline",
     "split_sublattices",
