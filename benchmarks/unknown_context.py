@@ -25,7 +25,7 @@ import torch
 
 from tdmctx.defects.ablation import fixed_patches
 from tdmctx.defects.evaluate import entropy, softmax
-from tdmctx.defects.models import ContextClassifier, context_columns
+from tdmctx.defects.models import ContextClassifier, hide_context_fields
 from tdmctx.defects.store import open_dataset
 
 VARIANTS = {
@@ -41,13 +41,6 @@ def _logits(model: ContextClassifier, images: torch.Tensor, context: torch.Tenso
     with torch.no_grad():
         return torch.cat([model(images[i : i + 1024], context[i : i + 1024]).float()
                           for i in range(0, len(images), 1024)]).numpy()
-
-
-def _blank(context: torch.Tensor, fields: tuple[str, ...]) -> torch.Tensor:
-    out = context.clone()
-    for name in fields:
-        out[:, context_columns(name)] = 0.0  # how an unknown field is encoded (known bit and values zero)
-    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
             run = res.runs[(name, args.seed)]
             model = ContextClassifier.load(Path(tmp) / args.split / name / f"seed{args.seed}" / "best.pt")
             for variant, fields in (VARIANTS.items() if name == "film" else [("", ())]):
-                probs = softmax(_logits(model, test["image"], _blank(test["context"], fields)) / run.temperature
+                probs = softmax(_logits(model, test["image"], hide_context_fields(test["context"], fields)) / run.temperature
                                 + run.log_prior_ratio)
                 rows.append((f"{name} {variant}".strip(), float(np.mean(probs.argmax(1) == labels)),
                              float(entropy(probs).mean())))

@@ -15,6 +15,7 @@ from tdmctx.defects.models import (
     context_columns,
     drop_context_fields,
     encode_contexts,
+    hide_context_fields,
 )
 
 torch.set_num_threads(1)
@@ -78,6 +79,19 @@ def test_context_dropout_drops_whole_fields_at_the_requested_rate():
         assert (~known).float().mean().item() == pytest.approx(0.3, abs=0.03)
     with pytest.raises(ValueError, match="probability"):
         drop_context_fields(enc, 1.5)
+
+
+def test_hiding_fields_equals_never_encoding_them():
+    enc = encode_contexts([FULL, Context("Mo", "S", "V", 200e3, None, None)])
+    for hidden in [(), ("dopant",), ("host_metal", "chalcogen", "dopant"), CONTEXT_FIELDS]:
+        kept = [f for f in CONTEXT_FIELDS if f not in hidden]
+        expect = encode_contexts([FULL, Context("Mo", "S", "V", 200e3, None, None)], fields=kept)
+        assert torch.equal(hide_context_fields(enc, hidden), expect)
+    assert torch.equal(enc, encode_contexts([FULL, Context("Mo", "S", "V", 200e3, None, None)]))  # input untouched
+    with pytest.raises(ValueError, match="unknown field"):
+        hide_context_fields(enc, ("dose",))
+    with pytest.raises(ValueError, match="shape"):
+        hide_context_fields(enc[:, :3], ("dopant",))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -63,6 +63,7 @@ __all__ = [
     "context_columns",
     "encode_contexts",
     "drop_context_fields",
+    "hide_context_fields",
     "ContextClassifier",
 ]
 
@@ -227,6 +228,31 @@ def drop_context_fields(
     keep = (torch.rand(context.shape[0], len(CONTEXT_FIELDS), generator=generator) >= p).to(context.dtype)
     widths = torch.tensor([_WIDTHS[f] for f in CONTEXT_FIELDS])
     return context * keep.repeat_interleave(widths, dim=1).to(context.device)
+
+
+def hide_context_fields(context: torch.Tensor, fields: Sequence[str]) -> torch.Tensor:
+    """Mark the named fields unknown in every sample, as if they had never been given.
+
+    The deterministic sibling of :func:`drop_context_fields`: the same encoding of
+    "unknown" (known bit and values zeroed), for asking a trained model what it predicts
+    without, say, the dopant.
+
+    Parameters
+    ----------
+    context
+        (B, :data:`CONTEXT_DIM`) encoded contexts.
+    fields
+        Context field names to hide (may be empty).
+
+    Returns
+    -------
+    torch.Tensor
+        A new tensor; the input is not modified.
+    """
+    if context.ndim != 2 or context.shape[1] != CONTEXT_DIM:
+        raise ValueError(f"context must have shape (B, {CONTEXT_DIM}); got {tuple(context.shape)}")
+    hidden = _check_fields(fields)
+    return context * (1.0 - _field_mask(hidden)).to(device=context.device, dtype=context.dtype)
 
 
 # -- network ------------------------------------------------------------------------
