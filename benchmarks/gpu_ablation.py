@@ -11,7 +11,7 @@ histories, enough to redo every table and figure) and ``OUT/weights_<split>.tar.
 best weights of each model; the full checkpoints with optimiser state are too large to
 bring back). Whatever finished comes back even if the machine is taken away::
 
-    python benchmarks/gpu_ablation.py pack ~/.cache/tdmctx/defects/multi-seed0 .gpu/multi-seed0.npz
+    tdmctx dataset export ~/.cache/tdmctx/defects/multi-seed0 .gpu/multi-seed0.npz [--float16]  # here
     python benchmarks/gpu_ablation.py run .gpu/multi-seed0.npz --out OUT --budget-s 420   # on the GPU
     python benchmarks/gpu_ablation.py report OUT/results.pkl                                 # here
 
@@ -49,14 +49,6 @@ PRIORITY = (
     ("dopant", "image-only"), ("dopant", "film"), ("dopant", "shuffled"),
     ("image", "composition"), ("image", "detector"), ("image", "energy"), ("image", "late"),
 )
-
-
-def pack(store: str, out: str, float_dtype: str | None = None) -> None:
-    from tdmctx.defects.portable import export_dataset
-
-    start = time.perf_counter()
-    path = export_dataset(open_dataset(store), out, float_dtype=float_dtype)
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - start:.0f} s")
 
 
 def measure_throughput(ds, images, settings: TrainSettings, device: str, batches: int = 40) -> float:
@@ -265,10 +257,6 @@ def combine(paths: list[str], out_csv: str, n_boot: int, eval_seed: int, figure_
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("pack", help="export a store folder to one .npz file")
-    p.add_argument("store")
-    p.add_argument("out")
-    p.add_argument("--float16", action="store_true", help="images at half precision (0.05 %%), half the file")
     r = sub.add_parser("run", help="train the ablation grid inside a time budget")
     r.add_argument("store", help="store folder or exported .npz")
     r.add_argument("--out", required=True)
@@ -307,8 +295,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "combine":
         combine(args.results, args.out, args.n_boot, args.eval_seed, args.figures, args.store)
-    elif args.command == "pack":
-        pack(args.store, args.out, "float16" if args.float16 else None)
     elif args.command == "run":
         run(args)
     else:

@@ -204,6 +204,10 @@ def test_dataset_cli_reports_a_store(built, capsys):
     assert args.handler(args) == 0
     out = capsys.readouterr().out
     assert "3 of 3 cases finished" in out and "WSe2-Ti_80kV-MAADF" in out
+    args = parser.parse_args(["dataset", "export", str(path), str(path.parent / "tiny-copy"), "--float16"])
+    assert args.handler(args) == 0
+    assert "tiny-copy.npz" in capsys.readouterr().out
+    assert open_dataset(path.parent / "tiny-copy.npz").sizes == open_dataset(path).sizes
     with pytest.raises(SystemExit):
         parser.parse_args(["dataset", "build", "--profile", "huge"])
 

@@ -8,7 +8,7 @@ __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``tdmctx dataset build|info`` to the command line."""
+    """Add ``tdmctx dataset build|export|info`` to the command line."""
     parser = subparsers.add_parser("dataset", help="build or inspect the simulated TMD defect dataset")
     sub = parser.add_subparsers(dest="dataset_command", required=True)
 
@@ -21,6 +21,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--device", default=None, help="'cpu' or 'cuda' (default: CUDA when available)")
     build.add_argument("--overwrite", action="store_true", help="rebuild a store made with other settings")
     build.set_defaults(handler=_cmd_build)
+
+    export = sub.add_parser("export", help="write a store to one portable .npz file (to train elsewhere)")
+    export.add_argument("store")
+    export.add_argument("output", help="the .npz file to write")
+    export.add_argument("--float16", action="store_true",
+                        help="images at half precision (relative rounding <= 2**-11), about half the file")
+    export.set_defaults(handler=_cmd_export)
 
     info = sub.add_parser("info", help="summarise a dataset store")
     info.add_argument("store")
@@ -47,6 +54,15 @@ def _cmd_build(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     print(f"{path}: {ds.sizes['case']} cases, {ds.sizes['image']} images, {ds.sizes['site']} sites")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from tdmctx.defects.portable import export_dataset
+    from tdmctx.defects.store import open_dataset
+
+    path = export_dataset(open_dataset(args.store), args.output, float_dtype="float16" if args.float16 else None)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
