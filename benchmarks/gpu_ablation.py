@@ -252,6 +252,17 @@ def combine(paths: list[str], out_csv: str, n_boot: int, eval_seed: int, figure_
     if figure_dir:
         for path in figures(merged, figure_dir, Path(out_csv).stem):
             print(f"wrote {path}")
+        if systems:
+            import matplotlib.pyplot as plt
+
+            from tdmctx.defects.ablation_plots import plot_dopant_recall
+
+            for table in systems:
+                fig = plot_dopant_recall(table)
+                path = Path(figure_dir) / f"{Path(out_csv).stem}_{table['split'].iloc[0]}_dopant_recall.png"
+                fig.savefig(path, dpi=110, bbox_inches="tight")
+                plt.close(fig)
+                print(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> None:

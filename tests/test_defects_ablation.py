@@ -297,3 +297,10 @@ def test_subset_resolvable_mask_and_per_system_table(tmp_path):
     assert table[["accuracy", "dopant_recall", "dopant_called_metal"]].stack().between(0, 1).all()
     with pytest.raises(ValueError, match="no 'system' variable"):
         resolvable_mask(result, ds.drop_vars("system"))
+
+    from tdmctx.defects.ablation_plots import plot_dopant_recall
+
+    fig = plot_dopant_recall(table)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and len(ax.collections) == 2  # one marker set per model
+    assert any("WSe2:Ta" in t.get_text() for t in ax.texts)  # the unresolvable system is named

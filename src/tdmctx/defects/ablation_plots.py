@@ -18,7 +18,7 @@ from tdmctx.defects.context import CLASS_NAMES
 from tdmctx.defects.evaluate import confusion_matrix, entropy, reliability
 from tdmctx.plotting import IMAGE_CMAP, PALETTE
 
-__all__ = ["plot_entropy", "plot_reliability", "plot_confusions", "plot_per_condition"]
+__all__ = ["plot_entropy", "plot_reliability", "plot_confusions", "plot_per_condition", "plot_dopant_recall"]
 
 
 def _names(result: AblationResult, specs: Sequence[str] | None) -> list[str]:
@@ -114,5 +114,40 @@ def plot_per_condition(table: pd.DataFrame) -> Figure:
     lo = 100 * np.nanmin(table["low"].to_numpy()) if table["low"].notna().any() else 0.0
     ax.set_ylim(max(0.0, lo - 5), 100)
     ax.legend(fontsize=7, ncol=min(4, len(models)), loc="lower center", bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def plot_dopant_recall(table: pd.DataFrame) -> Figure:
+    """Dopant recall of each system against ``|Z_dopant - Z_host|``, one marker per model.
+
+    Parameters
+    ----------
+    table
+        :func:`~tdmctx.defects.ablation_metrics.per_system_table` (columns ``system``,
+        ``delta_Z``, ``model``, ``dopant_recall``, ``dopant_sites``).
+    """
+    from tdmctx.defects.catalog import MIN_RESOLVABLE_DELTA_Z
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    models = list(dict.fromkeys(table["model"]))
+    markers = "osD^v<>"
+    shift = {m: (i - (len(models) - 1) / 2) * 0.04 for i, m in enumerate(models)}
+    for i, model in enumerate(models):
+        sub = table[(table["model"] == model) & table["dopant_sites"].gt(0)]
+        dz = np.abs(sub["delta_Z"].to_numpy(float))
+        ax.scatter(dz * 10 ** shift[model], 100 * sub["dopant_recall"], s=28, marker=markers[i % len(markers)],
+                   color=PALETTE[i % len(PALETTE)], label=model, zorder=3)
+    first = table[(table["model"] == models[0]) & (np.abs(table["delta_Z"]) < MIN_RESOLVABLE_DELTA_Z + 1)]
+    for dz, group in first.groupby(np.abs(first["delta_Z"])):
+        ax.annotate(", ".join(group["system"]), (dz, 100 * group["dopant_recall"].mean()), xytext=(8, 6),
+                    textcoords="offset points", fontsize=7)
+    ax.axvspan(0.5, MIN_RESOLVABLE_DELTA_Z - 0.5, color="0.9", zorder=0, label="|dZ| < 2: no Z contrast")
+    ax.set_xscale("log")
+    ax.set_xlim(0.5, None)
+    ax.set_xlabel("|Z dopant - Z host metal|")
+    ax.set_ylabel("dopant recall (%)")
+    ax.set_ylim(-3, 103)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
