@@ -235,7 +235,7 @@ def combine(paths: list[str], out_csv: str, n_boot: int, eval_seed: int, figure_
         variants = [("", res)]
         if ds is not None:
             variants.append(("-resolvable", res.subset(resolvable_mask(res, ds))))
-            systems.append(per_system_table(_subset(res, every, seeds), ds).assign(split=res.split.name))
+            systems.append((kind, per_system_table(_subset(res, every, seeds), ds).assign(split=res.split.name)))
         for suffix, r in variants:
             frames.append(summarise(_subset(r, first, seeds[:1]), n_boot=n_boot, seed=eval_seed)
                           .assign(split=res.split.name, block="grid" + suffix))
@@ -244,7 +244,7 @@ def combine(paths: list[str], out_csv: str, n_boot: int, eval_seed: int, figure_
                               .assign(split=res.split.name, block="seeds" + suffix))
     if systems:
         path = Path(out_csv).with_name(Path(out_csv).stem + "_systems.csv")
-        pd.concat(systems, ignore_index=True).to_csv(path, index=False, float_format="%.4f")
+        pd.concat([t for _, t in systems], ignore_index=True).to_csv(path, index=False, float_format="%.4f")
         print(f"wrote {path}")
     tidy = pd.concat(frames, ignore_index=True)
     tidy.to_csv(out_csv, index=False)
@@ -257,9 +257,9 @@ def combine(paths: list[str], out_csv: str, n_boot: int, eval_seed: int, figure_
 
             from tdmctx.defects.ablation_plots import plot_dopant_recall
 
-            for table in systems:
+            for kind, table in systems:
                 fig = plot_dopant_recall(table)
-                path = Path(figure_dir) / f"{Path(out_csv).stem}_{table['split'].iloc[0]}_dopant_recall.png"
+                path = Path(figure_dir) / f"{Path(out_csv).stem}_{kind}_dopant_recall.png"
                 fig.savefig(path, dpi=110, bbox_inches="tight")
                 plt.close(fig)
                 print(f"wrote {path}")

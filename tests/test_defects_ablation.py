@@ -254,14 +254,20 @@ def test_grid_holds_the_ablations_of_the_issue():
 # -- systems whose dopant no ADF image can resolve -------------------------------------------------
 
 
-def test_catalog_flags_exactly_the_delta_z_one_systems_as_unresolvable():
-    from tdmctx.defects.catalog import MIN_RESOLVABLE_DELTA_Z, catalog, get_system
+def test_catalog_flags_the_low_z_contrast_systems_as_unresolvable():
+    from tdmctx.defects.catalog import MIN_RESOLVABLE_CONTRAST, catalog, get_system
 
     assert get_system("MoS2:Nb").delta_Z == 1 and get_system("WSe2:Re").delta_Z == 1
     assert get_system("WSe2:Ti").delta_Z == 74 - 22 and get_system("MoS2:V").delta_Z == 42 - 23
+    assert get_system("WSe2:Pt").z_contrast == pytest.approx((78 / 74) ** 1.7 - 1)
+    assert get_system("MoS2:Ti").z_contrast == pytest.approx((22 / 42) ** 1.7 - 1)  # negative: darker than Mo
     unresolvable = sorted(s.name for s in catalog() if not s.z_contrast_resolvable)
-    assert unresolvable == ["MoS2:Nb", "MoSe2:Nb", "WS2:Re", "WS2:Ta", "WSe2:Re", "WSe2:Ta"]
-    assert all(s.delta_Z >= MIN_RESOLVABLE_DELTA_Z for s in catalog() if s.z_contrast_resolvable)
+    # dZ = 1 and 2 everywhere, dZ = 3-4 in the W hosts (Ir, Pt), where Z is large.
+    assert unresolvable == ["MoS2:Nb", "MoS2:Ru", "MoS2:Zr", "MoSe2:Nb", "MoSe2:Ru", "MoSe2:Zr",
+                            "WS2:Hf", "WS2:Ir", "WS2:Os", "WS2:Pt", "WS2:Re", "WS2:Ta",
+                            "WSe2:Hf", "WSe2:Ir", "WSe2:Os", "WSe2:Pt", "WSe2:Re", "WSe2:Ta"]
+    assert all(abs(s.z_contrast) >= MIN_RESOLVABLE_CONTRAST for s in catalog() if s.z_contrast_resolvable)
+    assert get_system("MoS2:Pd").z_contrast_resolvable  # dZ = 4 but 17 % in the lighter host
 
 
 def test_subset_resolvable_mask_and_per_system_table(tmp_path):
@@ -291,7 +297,7 @@ def test_subset_resolvable_mask_and_per_system_table(tmp_path):
     table = per_system_table(result, ds)
     assert set(table.system) == {"WSe2:Ti", "WSe2:Ta"} and set(table.model) == {"image-only", "film"}
     ta = table[table.system == "WSe2:Ta"].iloc[0]
-    assert ta.delta_Z == 1 and not ta.resolvable
+    assert ta.delta_Z == 1 and not ta.resolvable and ta.z_contrast == pytest.approx((73 / 74) ** 1.7 - 1)
     dopant = CLASS_NAMES.index("dopant")
     assert ta.dopant_sites == int(np.sum((~mask) & (result.labels == dopant)))
     assert table[["accuracy", "dopant_recall", "dopant_called_metal"]].stack().between(0, 1).all()

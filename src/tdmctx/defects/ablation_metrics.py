@@ -322,7 +322,7 @@ def resolvable_mask(result: AblationResult, dataset) -> np.ndarray:
     """(N,) True for test patches of systems whose dopant is resolvable by Z contrast.
 
     See :attr:`tdmctx.defects.catalog.System.z_contrast_resolvable`: in systems such as Nb in
-    MoS2 or Re in WSe2 (``delta_Z = 1``) a dopant column looks like a metal column to any ADF
+    MoS2 or Re in WSe2 (Z contrast of a few %) a dopant column looks like a metal column to any ADF
     classifier, which caps accuracy and entropy reduction on every metal-lattice site of
     those images. Scoring with and without them separates that physical limit from the
     classifier's own errors.
@@ -335,12 +335,12 @@ def resolvable_mask(result: AblationResult, dataset) -> np.ndarray:
 
 
 def per_system_table(result: AblationResult, dataset, specs: Sequence[str] | None = None) -> pd.DataFrame:
-    """Accuracy and dopant recall per system and model (seeds pooled), with ``delta_Z``.
+    """Accuracy and dopant recall per system and model (seeds pooled), with ``delta_Z`` and ``z_contrast``.
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``system``, ``delta_Z``, ``resolvable``, ``model``, ``patches``,
+        Columns ``system``, ``delta_Z``, ``z_contrast``, ``resolvable``, ``model``, ``patches``,
         ``accuracy``, ``dopant_sites``, ``dopant_recall``, ``dopant_called_metal``.
     """
     from tdmctx.defects.catalog import get_system
@@ -357,7 +357,7 @@ def per_system_table(result: AblationResult, dataset, specs: Sequence[str] | Non
             dop = here & (labels == dopant)
             info = get_system(system)
             rows.append({
-                "system": system, "delta_Z": info.delta_Z, "resolvable": info.z_contrast_resolvable, "model": name,
+                "system": system, "delta_Z": info.delta_Z, "z_contrast": info.z_contrast, "resolvable": info.z_contrast_resolvable, "model": name,
                 "patches": int(here.sum()), "accuracy": float(np.mean(pred[here] == labels[here])),
                 "dopant_sites": int(dop.sum()),
                 "dopant_recall": float(np.mean(pred[dop] == dopant)) if dop.any() else np.nan,

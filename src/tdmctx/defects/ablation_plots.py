@@ -119,35 +119,41 @@ def plot_per_condition(table: pd.DataFrame) -> Figure:
 
 
 def plot_dopant_recall(table: pd.DataFrame) -> Figure:
-    """Dopant recall of each system against ``|Z_dopant - Z_host|``, one marker per model.
+    """Dopant recall of each system against its Z contrast, one marker per model.
+
+    The x axis is :attr:`~tdmctx.defects.catalog.System.z_contrast`, the relative ADF
+    intensity difference between a dopant and a host-metal column, in %; the shaded band is
+    below :data:`~tdmctx.defects.catalog.MIN_RESOLVABLE_CONTRAST`.
 
     Parameters
     ----------
     table
         :func:`~tdmctx.defects.ablation_metrics.per_system_table` (columns ``system``,
-        ``delta_Z``, ``model``, ``dopant_recall``, ``dopant_sites``).
+        ``model``, ``dopant_recall``, ``dopant_sites``).
     """
-    from tdmctx.defects.catalog import MIN_RESOLVABLE_DELTA_Z
+    from tdmctx.defects.catalog import MIN_RESOLVABLE_CONTRAST, get_system
 
+    contrast = {name: 100 * abs(get_system(name).z_contrast) for name in set(table["system"])}
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     models = list(dict.fromkeys(table["model"]))
     markers = "osD^v<>"
-    shift = {m: (i - (len(models) - 1) / 2) * 0.04 for i, m in enumerate(models)}
     for i, model in enumerate(models):
         sub = table[(table["model"] == model) & table["dopant_sites"].gt(0)]
-        dz = np.abs(sub["delta_Z"].to_numpy(float))
-        ax.scatter(dz * 10 ** shift[model], 100 * sub["dopant_recall"], s=28, marker=markers[i % len(markers)],
+        x = sub["system"].map(contrast).to_numpy(float) * 10 ** ((i - (len(models) - 1) / 2) * 0.02)
+        ax.scatter(x, 100 * sub["dopant_recall"], s=28, marker=markers[i % len(markers)],
                    color=PALETTE[i % len(PALETTE)], label=model, zorder=3)
-    first = table[(table["model"] == models[0]) & (np.abs(table["delta_Z"]) < MIN_RESOLVABLE_DELTA_Z + 1)]
-    for dz, group in first.groupby(np.abs(first["delta_Z"])):
-        ax.annotate(", ".join(group["system"]), (dz, 100 * group["dopant_recall"].mean()), xytext=(8, 6),
+    low = table[(table["model"] == models[-1]) & (table["system"].map(contrast) < 100 * MIN_RESOLVABLE_CONTRAST)]
+    for c, group in low.groupby(low["system"].map(contrast)):
+        ax.annotate(", ".join(group["system"]), (c, 100 * group["dopant_recall"].max()), xytext=(6, 6),
                     textcoords="offset points", fontsize=7)
-    ax.axvspan(0.5, MIN_RESOLVABLE_DELTA_Z - 0.5, color="0.9", zorder=0, label="|dZ| < 2: no Z contrast")
+    lo = min(min(contrast.values()), 100 * MIN_RESOLVABLE_CONTRAST) / 1.5
+    ax.axvspan(lo, 100 * MIN_RESOLVABLE_CONTRAST, color="0.9", zorder=0,
+               label=f"< {100 * MIN_RESOLVABLE_CONTRAST:.0f} %: taken as unresolvable")
     ax.set_xscale("log")
-    ax.set_xlim(0.5, None)
-    ax.set_xlabel("|Z dopant - Z host metal|")
+    ax.set_xlim(lo, None)
+    ax.set_xlabel("Z contrast of the dopant, |(Z_dopant / Z_metal)^1.7 - 1| (%)")
     ax.set_ylabel("dopant recall (%)")
     ax.set_ylim(-3, 103)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center right")
     fig.tight_layout()
     return fig
