@@ -583,6 +583,19 @@ def test_unseen_composition_is_classified_as_unknown_by_default(ti_model, lattic
         clf.checked_context(seen, "maybe")
 
 
+def test_low_z_contrast_dopant_warns_for_every_model(ti_model, tiny_model):
+    import warnings
+
+    for path in (ti_model, tiny_model):
+        clf = Classifier.load(path, device="cpu")
+        with pytest.warns(UserWarning, match=r"Re scatters within 2\.3% of the host metal W"):
+            clf.checked_context(Context("W", "Se", "Re"), "keep")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a resolvable dopant, or no host given: silent
+            clf.checked_context(Context("W", "Se", "Ti"), "keep")
+            clf.checked_context(Context(None, None, "Re"), "keep")
+
+
 def test_unseen_check_skips_image_only_models_and_cards_without_systems(tiny_model, tmp_path):
     told_v = Context("W", "Se", "V")
     assert Classifier.load(tiny_model, device="cpu").checked_context(told_v, "error") == told_v  # card names none

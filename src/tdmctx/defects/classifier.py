@@ -106,6 +106,20 @@ def as_context(context: Context | Mapping[str, Any] | None) -> Context:
     raise ValueError(f"context is a {type(context).__name__}; expected a Context, a mapping of its fields, or None")
 
 
+def _warn_if_unresolvable(ctx: Context) -> None:
+    from ase.data import atomic_numbers
+
+    from tdmctx.defects.catalog import MIN_RESOLVABLE_CONTRAST, Z_CONTRAST_EXPONENT
+
+    if ctx.host_metal is None or ctx.dopant is None:
+        return
+    contrast = (atomic_numbers[ctx.dopant] / atomic_numbers[ctx.host_metal]) ** Z_CONTRAST_EXPONENT - 1.0
+    if abs(contrast) < MIN_RESOLVABLE_CONTRAST:
+        warnings.warn(f"dopant {ctx.dopant} scatters within {abs(contrast):.1%} of the host metal {ctx.host_metal} "
+                      f"(Z contrast below {MIN_RESOLVABLE_CONTRAST:.0%}): ADF images do not tell its columns from "
+                      "metal columns reliably; expect most dopants to be called metal", UserWarning, stacklevel=4)
+
+
 class Classifier:
     """A trained column classifier with its model card.
 
@@ -211,14 +225,18 @@ class Classifier:
     def checked_context(self, context: Context | Mapping[str, Any] | None, unseen: str = "unknown") -> Context:
         """The context the network is given: composition fields it never saw handled by ``unseen``.
 
-        A dopant outside the training systems, or a host (metal and chalcogen) outside
-        them, is marked unknown (``"unknown"``, with a :class:`UserWarning`), passed as
+        Whatever the model, a dopant whose Z contrast against the host metal is below
+        :data:`~tdmctx.defects.catalog.MIN_RESOLVABLE_CONTRAST` (Nb in MoS2, Re or Pt in
+        WSe2, ...) raises a :class:`UserWarning`: no ADF classifier tells those dopant columns
+        from metal columns reliably. A dopant outside the training systems, or a host (metal
+        and chalcogen) outside them, is marked unknown (``"unknown"``, with a :class:`UserWarning`), passed as
         given (``"keep"``) or refused (``"error"``, :class:`ValueError`). Models whose card
         names no systems, and image-only models, get the context unchanged.
         """
         if unseen not in UNSEEN_POLICIES:
             raise ValueError(f"unseen={unseen!r} is unknown; expected one of {UNSEEN_POLICIES}")
         ctx = as_context(context)
+        _warn_if_unresolvable(ctx)
         if unseen == "keep" or self.model.variant == "image-only" or not self.training_systems:
             return ctx
         from tdmctx.defects.catalog import get_system
