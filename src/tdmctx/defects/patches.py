@@ -509,23 +509,40 @@ class PatchSampler(IterableDataset):
         elif not np.isin(sites, self._sites).all():
             raise ValueError("sites holds indices that are not usable sites of this sampler (see usable_sites)")
         sites = torch.as_tensor(sites, device=self.device)
-        aug, b, dev = self.augmentation, len(sites), self.device
+        geometry = self.draw_geometry(rng, len(sites))
+        patches = self.cut(rng, sites, geometry)
         idx = self._site_image[sites]
-        jitter = torch.as_tensor(rng.uniform(-aug.jitter_px, aug.jitter_px, (b, 2)), dtype=torch.float32, device=dev)
-        centres = self._xy[sites] + jitter * self.spec.pixel_size_A / self.pixel_size_A
-        angles = torch.as_tensor(rng.uniform(0, 2 * np.pi, b), dtype=torch.float32, device=dev) if aug.rotate else None
-        mirror = torch.as_tensor(rng.random(b) < 0.5, device=dev) if aug.mirror else None
-        labels = self._labels[sites]
-        ref = self._intact_level[sites] if self._intact_level is not None else None
-        noise = self._noise(rng, b, ref, centres - torch.round(centres))
-        patches = cut_patches(self._images, idx, centres, self.spec, self.pixel_size_A, angles_rad=angles, mirror=mirror, noise=noise)
         return {
             "image": patches[:, None].float(),
             "context": self._context[idx],
-            "label": labels,
+            "label": self._labels[sites],
             "image_index": idx,
             "site_index": sites,
         }
+
+    def draw_geometry(self, rng: np.random.Generator, n: int) -> dict[str, torch.Tensor | None]:
+        """Random centre jitter (source pixels), rotation and mirror of ``n`` patches.
+
+        Split from :meth:`cut` so that two simultaneously recorded channels of the same
+        sites can share one geometry (:mod:`tdmctx.defects.two_channel`).
+        """
+        aug, dev = self.augmentation, self.device
+        jitter = torch.as_tensor(rng.uniform(-aug.jitter_px, aug.jitter_px, (n, 2)), dtype=torch.float32, device=dev)
+        return {
+            "shift_px": jitter * self.spec.pixel_size_A / self.pixel_size_A,
+            "angles_rad": torch.as_tensor(rng.uniform(0, 2 * np.pi, n), dtype=torch.float32, device=dev)
+            if aug.rotate else None,
+            "mirror": torch.as_tensor(rng.random(n) < 0.5, device=dev) if aug.mirror else None,
+        }
+
+    def cut(self, rng: np.random.Generator, sites: torch.Tensor, geometry: dict[str, torch.Tensor | None]) -> torch.Tensor:
+        """(B, n, n) patches of ``sites`` with the given geometry and a fresh read-out (dose, noise)."""
+        idx = self._site_image[sites]
+        centres = self._xy[sites] + geometry["shift_px"]
+        ref = self._intact_level[sites] if self._intact_level is not None else None
+        noise = self._noise(rng, len(sites), ref, centres - torch.round(centres))
+        return cut_patches(self._images, idx, centres, self.spec, self.pixel_size_A,
+                           angles_rad=geometry["angles_rad"], mirror=geometry["mirror"], noise=noise)
 
     def set_epoch(self, epoch: int) -> None:
         """Draw other batches in ``epoch`` (as ``DistributedSampler.set_epoch``); training calls it."""
