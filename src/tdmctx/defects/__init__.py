@@ -39,6 +39,7 @@ from tdmctx.defects.label_audit import LabelAudit, audit_labels
 from tdmctx.defects.models import FIELD_SETS, VARIANTS, ContextClassifier, encode_contexts
 from tdmctx.defects.patches import PATCH, Augmentation, PatchSampler, PatchSpec, extract_patches, image_contexts, patch_loader
 from tdmctx.defects.portable import export_dataset
+from tdmctx.defects.two_channel import TwoChannelSampler, two_channel_patches
 from tdmctx.defects.simulate import MultisliceSettings, simulate_adf
 from tdmctx.defects.splits import Split, SplitUnavailable, make_split, plan_splits
 from tdmctx.defects.store import StoreError, build_dataset, completed_cases, open_case, open_dataset
@@ -121,6 +122,8 @@ __all__ = [
     "open_case",
     "open_dataset",
     "export_dataset",
+    "TwoChannelSampler",
+    "two_channel_patches",
     "patch_loader",
     "profile_config",
     "simulate_adf",
