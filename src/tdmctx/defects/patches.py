@@ -504,11 +504,7 @@ class PatchSampler(IterableDataset):
             Cut these sites (from :attr:`usable_sites`) instead of drawing ``batch_size``:
             fixed evaluation patches that still go through the training read-out.
         """
-        if sites is None:
-            sites = self._draw_sites(rng)
-        elif not np.isin(sites, self._sites).all():
-            raise ValueError("sites holds indices that are not usable sites of this sampler (see usable_sites)")
-        sites = torch.as_tensor(sites, device=self.device)
+        sites = torch.as_tensor(self._batch_sites(rng, sites), device=self.device)
         geometry = self.draw_geometry(rng, len(sites))
         patches = self.cut(rng, sites, geometry)
         idx = self._site_image[sites]
@@ -519,6 +515,13 @@ class PatchSampler(IterableDataset):
             "image_index": idx,
             "site_index": sites,
         }
+
+    def _batch_sites(self, rng: np.random.Generator, sites: np.ndarray | None) -> np.ndarray:
+        if sites is None:
+            return self._draw_sites(rng)
+        if not np.isin(sites, self._sites).all():
+            raise ValueError("sites holds indices that are not usable sites of this sampler (see usable_sites)")
+        return np.asarray(sites)
 
     def draw_geometry(self, rng: np.random.Generator, n: int) -> dict[str, torch.Tensor | None]:
         """Random centre jitter (source pixels), rotation and mirror of ``n`` patches.

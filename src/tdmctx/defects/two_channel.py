@@ -71,13 +71,16 @@ class TwoChannelSampler(PatchSampler):
 
     Parameters
     ----------
-    dataset, spec, augmentation, batch_size, batches_per_epoch, balance_classes, seed, device
+    dataset, spec, augmentation
         As for :class:`~tdmctx.defects.patches.PatchSampler`.
     images
         Image indices to draw from (either detector's images of a structure select it);
         default all.
     detectors
         The two detectors, in channel order (default :data:`CHANNELS`).
+    **sampler_options
+        ``batch_size``, ``batches_per_epoch``, ``balance_classes``, ``seed``, ``device`` of
+        :class:`~tdmctx.defects.patches.PatchSampler`, for both channels.
 
     Raises
     ------
@@ -91,13 +94,9 @@ class TwoChannelSampler(PatchSampler):
         spec: PatchSpec = PATCH,
         augmentation: Augmentation = Augmentation(),
         *,
-        batch_size: int = 256,
-        batches_per_epoch: int = 100,
         images: Sequence[int] | None = None,
-        balance_classes: bool = True,
-        seed: int = 0,
-        device: str | torch.device | None = None,
         detectors: Sequence[str] = CHANNELS,
+        **sampler_options,
     ) -> None:
         first, second = channel_pairs(dataset, detectors)
         if images is not None:
@@ -105,11 +104,9 @@ class TwoChannelSampler(PatchSampler):
             first, second = first[chosen], second[chosen]
             if not len(first):
                 raise ValueError("images selects no structure recorded by both detectors")
-        kw = dict(batch_size=batch_size, batches_per_epoch=batches_per_epoch, balance_classes=balance_classes,
-                  seed=seed, device=device)
-        super().__init__(dataset, spec, augmentation, images=first, **kw)
+        super().__init__(dataset, spec, augmentation, images=first, **sampler_options)
         self.detectors = tuple(str(d) for d in detectors)
-        self._other = PatchSampler(dataset, spec, augmentation, images=second, **kw)
+        self._other = PatchSampler(dataset, spec, augmentation, images=second, **sampler_options)
         self._partner = self._match_sites(dataset, first, second)
         paired = self._sites[self._partner[self._sites] >= 0]
         labels = self._labels.cpu().numpy()
@@ -139,12 +136,9 @@ class TwoChannelSampler(PatchSampler):
 
     def batch(self, rng: np.random.Generator, sites: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         """One augmented two-channel batch (see :meth:`PatchSampler.batch`)."""
-        if sites is None:
-            sites = self._draw_sites(rng)
-        elif not np.isin(sites, self._sites).all():
-            raise ValueError("sites holds indices that are not usable sites of this sampler (see usable_sites)")
+        sites = self._batch_sites(rng, sites)
         first = torch.as_tensor(sites, device=self.device)
-        second = torch.as_tensor(self._partner[np.asarray(sites)], device=self.device)
+        second = torch.as_tensor(self._partner[sites], device=self.device)
         geometry = self.draw_geometry(rng, len(sites))
         patches = torch.stack([self.cut(rng, first, geometry), self._other.cut(rng, second, geometry)], dim=1)
         idx = self._site_image[first]
