@@ -55,7 +55,7 @@ def _fixed(samplers: dict, n: int, seed: int) -> dict:
     """The same sites, geometry and draws for every model (MAADF: the partner sites)."""
     pair = samplers["both channels"]
     sites = np.random.default_rng(seed).choice(pair.usable_sites, min(n, len(pair.usable_sites)), replace=False)
-    partner = pair._partner[sites]
+    partner = pair.partner_sites(sites)
     out = {}
     for name, use in (("HAADF only", sites), ("MAADF only", partner), ("both channels", sites)):
         batches = [samplers[name].batch(np.random.default_rng([seed, k]), use[k:k + 512])

@@ -47,7 +47,7 @@ def test_both_channels_share_sites_and_geometry_and_equal_single_channel_patches
     single = PatchSampler(ds, augmentation=CLEAN, images=first, batch_size=16, device="cpu")
     torch.testing.assert_close(batch["image"][:, 0], single.batch(np.random.default_rng(7), sites)["image"][:, 0])
     # Channel 1: the partner sites of the other detector's images, cut with the same geometry.
-    partner = pair._partner[sites]
+    partner = pair.partner_sites(sites)
     other = PatchSampler(ds, augmentation=CLEAN, images=second, batch_size=16, device="cpu")
     torch.testing.assert_close(batch["image"][:, 1], other.batch(np.random.default_rng(7), partner)["image"][:, 0])
     assert np.array_equal(ds.site_label.values[sites], ds.site_label.values[partner])

@@ -36,7 +36,7 @@ from ase.data import atomic_numbers
 from tdmctx.defects.context import Context, element_symbol
 
 __all__ = [
-    "Host", "System", "HOSTS", "COMMON_DOPANTS", "MIN_RESOLVABLE_CONTRAST", "Z_CONTRAST_EXPONENT", "hosts", "catalog", "get_host", "get_system",
+    "Host", "System", "HOSTS", "COMMON_DOPANTS", "MIN_RESOLVABLE_CONTRAST", "Z_CONTRAST_EXPONENT", "z_contrast", "hosts", "catalog", "get_host", "get_system",
 ]
 
 #: Exponent of the ADF Z-contrast rule ``I ~ Z**Z_CONTRAST_EXPONENT`` (high-angle detectors).
@@ -52,6 +52,11 @@ Z_CONTRAST_EXPONENT: float = 1.7
 #: (Au, Er in W hosts; Rh, Pd, Ag in Mo hosts) are untested and assumed resolvable.
 #: (An absolute ``|dZ| >= 2``, the earlier rule, failed: Pt in W hosts has ``dZ = 4``.)
 MIN_RESOLVABLE_CONTRAST: float = 0.10
+
+
+def z_contrast(dopant: str, metal: str) -> float:
+    """Relative ADF intensity of a ``dopant`` column against a ``metal`` column, ``(Z_d / Z_m)**1.7 - 1``."""
+    return (atomic_numbers[dopant] / atomic_numbers[metal]) ** Z_CONTRAST_EXPONENT - 1.0
 
 
 @dataclass(frozen=True)
@@ -147,8 +152,8 @@ class System:
 
     @property
     def z_contrast(self) -> float:
-        """Relative ADF intensity of a dopant column against a host-metal column, ``(Z_d / Z_m)**1.7 - 1``."""
-        return (self.dopant_Z / atomic_numbers[self.host.metal]) ** Z_CONTRAST_EXPONENT - 1.0
+        """Relative ADF intensity of a dopant column against a host-metal column (:func:`z_contrast`)."""
+        return z_contrast(self.dopant, self.host.metal)
 
     @property
     def z_contrast_resolvable(self) -> bool:

@@ -107,13 +107,11 @@ def as_context(context: Context | Mapping[str, Any] | None) -> Context:
 
 
 def _warn_if_unresolvable(ctx: Context) -> None:
-    from ase.data import atomic_numbers
-
-    from tdmctx.defects.catalog import MIN_RESOLVABLE_CONTRAST, Z_CONTRAST_EXPONENT
+    from tdmctx.defects.catalog import MIN_RESOLVABLE_CONTRAST, z_contrast
 
     if ctx.host_metal is None or ctx.dopant is None:
         return
-    contrast = (atomic_numbers[ctx.dopant] / atomic_numbers[ctx.host_metal]) ** Z_CONTRAST_EXPONENT - 1.0
+    contrast = z_contrast(ctx.dopant, ctx.host_metal)
     if abs(contrast) < MIN_RESOLVABLE_CONTRAST:
         warnings.warn(f"dopant {ctx.dopant} scatters within {abs(contrast):.1%} of the host metal {ctx.host_metal} "
                       f"(Z contrast below {MIN_RESOLVABLE_CONTRAST:.0%}): ADF images do not tell its columns from "
@@ -288,7 +286,10 @@ class Classifier:
             Composition outside the training systems: ``"unknown"`` (default), ``"keep"``
             or ``"error"`` (:meth:`checked_context`).
         """
-        ctx = self.checked_context(context, unseen)
+        return self._predict(patches, self.checked_context(context, unseen), batch_size)
+
+    def _predict(self, patches: np.ndarray | torch.Tensor, ctx: Context, batch_size: int = 512) -> np.ndarray:
+        # The network call for a context already checked (the public methods check it once).
         return self.model.predict_proba(
             patches, ctx, temperature=self.temperature, batch_size=batch_size, device=self.device
         )
@@ -354,7 +355,7 @@ class Classifier:
                 values, points, search_radius_px=max(1.0, _REFINE_RADIUS_A / px), smooth_sigma_px=_SMOOTH_A / px
             )
         patches = extract_patches(values, points, source_pixel_A=px, spec=self.spec, device=self.device)
-        proba = self.predict_proba(patches, ctx, unseen="keep")
+        proba = self._predict(patches, ctx)
         if priors == "EM":
             _, proba = em_priors(proba, self.train_priors)
         table = pd.DataFrame({"x_px": points[:, 0], "y_px": points[:, 1]})

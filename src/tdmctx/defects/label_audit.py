@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tdmctx.defects.baseline import column_features, metal_sites, metal_sites_two_channels
+from tdmctx.defects.context import CLASS_NAMES
 from tdmctx.experimental.columns import check_points
 
 if TYPE_CHECKING:
@@ -35,9 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LabelAudit", "audit_labels", "plot_label_audit"]
 
-_DEFECTS = {"metal": ("dopant",), "chalcogen": ("V1", "V2")}
-_INTACT = {"metal": "metal", "chalcogen": "X2"}
-_KNOWN = ("metal", "dopant", "X2", "V1", "V2")
+_DEFECT_CLASSES = ("dopant", "V1", "V2")
 
 
 @dataclass(frozen=True)
@@ -79,12 +78,12 @@ class LabelAudit:
         import pandas as pd
 
         rows = []
-        for name in _KNOWN:
+        for name in CLASS_NAMES:
             sel = self.labels == name
             n = int(sel.sum())
             if n == 0:
                 continue
-            defect = name in ("dopant", "V1", "V2")
+            defect = name in _DEFECT_CLASSES
             flagged = int((self.defect_looks_intact if defect else self.intact_looks_defect)[sel].sum())
             recall = 1.0 - flagged / n if defect else np.nan
             rows.append({"label": name, "n": n, "flagged": flagged, "flagged_fraction": flagged / n,
@@ -143,9 +142,9 @@ def audit_labels(
     names = np.asarray(labels).astype(str)
     if names.shape != (len(points),):
         raise ValueError(f"labels has shape {names.shape}; expected ({len(points)},), one class name per point")
-    unknown = sorted(str(n) for n in set(names.tolist()) - set(_KNOWN))
+    unknown = sorted(str(n) for n in set(names.tolist()) - set(CLASS_NAMES))
     if unknown:
-        raise ValueError(f"unknown label(s) {unknown}; expected some of {list(_KNOWN)}")
+        raise ValueError(f"unknown label(s) {unknown}; expected some of {list(CLASS_NAMES)}")
     if not 0 < defect_level < intact_level:
         raise ValueError(f"need 0 < defect_level < intact_level; got {defect_level!r} and {intact_level!r}")
     if metal_site is None:
@@ -154,12 +153,12 @@ def audit_labels(
         else:
             metal_site = metal_sites(points, first)
     mask = np.asarray(metal_site, dtype=bool)
-    features, refined = {}, None
-    for c in channels:
-        features[c], pts = column_features(arrays[c], points, mask, radius_px=radius_px, local_radius_px=local_radius_px)
-        refined = pts if refined is None else refined
-    stack = np.stack([features[c] for c in channels])
-    defect_label = np.isin(names, ("dopant", "V1", "V2"))
+    columns = {c: column_features(arrays[c], points, mask, radius_px=radius_px, local_radius_px=local_radius_px)
+               for c in channels}
+    features = {c: feature for c, (feature, _) in columns.items()}
+    refined = columns[channels[0]][1]
+    stack = np.stack(list(features.values()))
+    defect_label = np.isin(names, _DEFECT_CLASSES)
     intact_label = np.isin(names, ("metal", "X2"))
     return LabelAudit(
         labels=names, metal_site=mask, features=features, points_px=refined,

@@ -66,6 +66,9 @@ def export_dataset(dataset: xr.Dataset, path: str | os.PathLike, *, float_dtype:
     path
         Output file; ``.npz`` is appended if missing. Written under a temporary name and
         renamed, so an interrupted export leaves no partial file.
+    float_dtype
+        ``None`` (lossless) or ``"float16"``: floating-point arrays of 1 MiB or more are
+        stored at half precision (module notes), about halving the file.
 
     Returns
     -------

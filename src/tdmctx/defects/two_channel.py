@@ -134,11 +134,15 @@ class TwoChannelSampler(PatchSampler):
             partner[sa] = sb
         return partner
 
+    def partner_sites(self, sites: np.ndarray) -> np.ndarray:
+        """The second channel's site of each (first-channel) site, indices along ``site``."""
+        return self._partner[np.asarray(sites)]
+
     def batch(self, rng: np.random.Generator, sites: np.ndarray | None = None) -> dict[str, torch.Tensor]:
         """One augmented two-channel batch (see :meth:`PatchSampler.batch`)."""
         sites = self._batch_sites(rng, sites)
         first = torch.as_tensor(sites, device=self.device)
-        second = torch.as_tensor(self._partner[sites], device=self.device)
+        second = torch.as_tensor(self.partner_sites(sites), device=self.device)
         geometry = self.draw_geometry(rng, len(sites))
         patches = torch.stack([self.cut(rng, first, geometry), self._other.cut(rng, second, geometry)], dim=1)
         idx = self._site_image[first]
