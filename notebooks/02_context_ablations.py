@@ -180,10 +180,10 @@ per_condition.pivot(index="condition", columns="model", values="accuracy")[[s fo
 #
 # A dopant that scatters within ~10 % of the host metal (one atomic number away, as Nb in MoS2 or
 # Re in WSe2, or Pt in the heavy W hosts) looks like it: no ADF classifier can see it reliably,
-# and the metal-lattice sites of such images keep the dopant's prior as irreducible uncertainty. The table gives each system's
-# accuracy and dopant recall; the ablation is then scored again on the systems whose dopant is
-# resolvable by Z contrast (`System.z_contrast_resolvable`), which separates that physical limit
-# from the classifier's own errors.
+# and the metal-lattice sites of such images keep the dopant's prior as irreducible uncertainty.
+# The table gives each system's accuracy and dopant recall; the ablation is then scored again on
+# the systems whose dopant is resolvable by Z contrast (`System.z_contrast_resolvable`), which
+# separates that physical limit from the classifier's own errors.
 
 # %%
 systems = per_system_table(result, ds, [m for m in ("image-only", "film") if m in specs])
@@ -249,7 +249,7 @@ if best is not None:
 if best is not None and not resolvable.all():
     found["resolvable systems only: best context model accuracy"] = _fmt_table(table_resolvable, best, "accuracy")
     found["resolvable systems only: entropy reduction"] = _fmt_table(table_resolvable, best, "entropy_reduction")
-    found["unresolvable systems (delta Z < 2)"] = ", ".join(sorted(systems.loc[~systems.resolvable, "system"].unique()))
+    found["unresolvable systems (Z contrast < 10 %)"] = ", ".join(sorted(systems.loc[~systems.resolvable, "system"].unique()))
 worst = per_condition.loc[per_condition.accuracy.idxmin()]
 found["hardest condition / model / accuracy"] = f"{worst.condition} / {worst.model} / {100 * worst.accuracy:.1f} %"
 found["chapter wall time (s)"] = round(time.perf_counter() - start_all)

@@ -279,17 +279,14 @@ from tdmctx.defects import audit_labels
 from tdmctx.defects.label_audit import plot_label_audit
 from tdmctx.experimental import load_ti_wse2
 
-audits = {}
-for f in fields:
-    field_ds = load_ti_wse2(f)
-    audits[f] = audit_labels({c: field_ds[c].values for c in rd.CHANNELS}, field_ds["points_px"].values,
-                             field_ds["label"].values.astype(str))
+field_data = {f: load_ti_wse2(f) for f in fields}
+audits = {f: audit_labels({c: d[c].values for c in rd.CHANNELS}, d["points_px"].values, d["label"].values.astype(str))
+          for f, d in field_data.items()}
 audit_table = pd.concat([a.summary().assign(field=f) for f, a in audits.items()], ignore_index=True)
 display(audit_table[["field", "label", "n", "flagged", "flagged_fraction", "recall_ceiling", "f1_ceiling"]])
 worst = max(audits, key=lambda f: audits[f].defect_looks_intact.sum())
-field_ds = load_ti_wse2(worst)
-fig = plot_label_audit(audits[worst], field_ds["adf2"].values, title=f"field {worst}, adf2: flagged sites",
-                       pixel_size_A=float(field_ds["adf2"].attrs["pixel_size_A"]))
+fig = plot_label_audit(audits[worst], field_data[worst]["adf2"].values, title=f"field {worst}, adf2: flagged sites",
+                       pixel_size_A=float(field_data[worst]["adf2"].attrs["pixel_size_A"]))
 
 # %% [markdown]
 # ## What this chapter found
