@@ -36,7 +36,7 @@ from tdmctx.defects.patches import PatchSampler, extract_patches
 from tdmctx.defects.realdata import correct_posteriors, score_sites
 from tdmctx.defects.release import RELEASE_AUGMENTATION, Recipe, split_images
 from tdmctx.defects.store import open_dataset
-from tdmctx.defects.train import train
+from tdmctx.defects.train import predict_loader, train
 from tdmctx.defects.two_channel import TwoChannelSampler, channel_pairs, two_channel_patches
 from tdmctx.experimental import FIELDS, load_ti_wse2, refine_columns
 
@@ -62,13 +62,6 @@ def _fixed(samplers: dict, n: int, seed: int) -> dict:
                    for k in range(0, len(use), 512)]
         out[name] = batches
     return out
-
-
-def _logits(model, batches) -> tuple[np.ndarray, np.ndarray]:
-    model.eval()
-    with torch.no_grad():
-        z = np.concatenate([model(b["image"], b["context"]).numpy() for b in batches])
-    return z, np.concatenate([b["label"].numpy() for b in batches])
 
 
 def _real_patches(field: int) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -117,8 +110,8 @@ def main(argv: list[str] | None = None) -> None:
                                   seed=args.seed)
         history = train(model, train_s[name], val[name], epochs=args.epochs, lr=args.lr, device="cpu",
                         progress=False, patience=None)
-        temperature = fit_temperature(*_logits(model, val[name]))
-        z, y = _logits(model, test[name])
+        temperature = fit_temperature(*predict_loader(model, val[name], device="cpu"))
+        z, y = predict_loader(model, test[name], device="cpu")
         p = softmax(z, temperature)
         row = {"model": name, "train_s": time.perf_counter() - t0,
                "patches_per_s": float(np.mean(history["patches_per_s"])), "temperature": temperature,
