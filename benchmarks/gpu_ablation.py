@@ -215,7 +215,8 @@ def combine(paths: list[str], out_csv: str, n_boot: int, eval_seed: int, figure_
     Per split, two blocks: ``grid`` (every model of the first seed) and ``seeds`` (the models
     trained with every seed, pooled and per seed). With the store, both again as
     ``grid-resolvable`` and ``seeds-resolvable`` on the test patches of systems whose dopant
-    differs from the host metal by Z >= 2, and a per-system table (``*_systems.csv``).
+    differs in scattering from the host metal by at least ``MIN_RESOLVABLE_CONTRAST``, and a
+    per-system table (``*_systems.csv``).
     """
     from tdmctx.defects.ablation_metrics import per_system_table, resolvable_mask
 

@@ -16,13 +16,22 @@ validation fields and scored
 
     python benchmarks/two_channel.py [--store ~/.cache/tdmctx/defects/quick-seed0] [--epochs 8] [--threads 2]
 
-Prints one table; ``--out FILE.csv`` keeps it.
+Prints one table; ``--out FILE.csv`` keeps it. On a GPU machine without the real data, train and
+keep the models, then score them where the data are::
+
+    python benchmarks/two_channel.py --store wide-seed0.npz --variant film --device cuda --no-real --save DIR ...
+    python benchmarks/two_channel.py --score DIR --out FILE.csv
+
+``--variant film`` trains context models: the single-channel ones see the whole context, the
+two-channel one composition and energy (its detector fields are hidden); the real fields are
+classified with the Ti-WSe2 context, detector angles unknown.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -33,7 +42,7 @@ from tdmctx.defects.baseline import metal_sites_two_channels
 from tdmctx.defects.evaluate import entropy, fit_temperature, softmax
 from tdmctx.defects.models import ContextClassifier
 from tdmctx.defects.patches import PatchSampler, extract_patches
-from tdmctx.defects.realdata import correct_posteriors, score_sites
+from tdmctx.defects.realdata import correct_posteriors, score_sites, ti_wse2_context
 from tdmctx.defects.release import RELEASE_AUGMENTATION, Recipe, split_images
 from tdmctx.defects.store import open_dataset
 from tdmctx.defects.train import predict_loader, train
@@ -78,63 +87,98 @@ def _real_patches(field: int) -> tuple[dict, np.ndarray, np.ndarray]:
     return patches, metal, ds["label"].values.astype(str)
 
 
+def _slug(name: str) -> str:
+    return name.split()[0].lower()  # "HAADF only" -> "haadf", "both channels" -> "both"
+
+
+def _score_real(model: ContextClassifier, name: str, temperature: float, real: dict, n_boot: int, seed: int) -> dict:
+    """Dopant and kappa scores on every labelled field (sublattice + EM correction, detector angles unknown)."""
+    out = {}
+    for field, (patches, metal, labels) in real.items():
+        logits = model.predict_logits(patches[name], ti_wse2_context(), device="cpu")
+        probs, _ = correct_posteriors(softmax(logits, temperature), np.full(5, 0.2), "sublattice+EM", metal)
+        s = score_sites(labels, probs.argmax(1), n_boot=n_boot, seed=seed)
+        out.update({f"field{field}_kappa": s["kappa"], f"field{field}_dopant_f1": s["dopant_f1"],
+                    f"field{field}_dopant_f1_low": s["dopant_f1_ci"][0],
+                    f"field{field}_dopant_f1_high": s["dopant_f1_ci"][1],
+                    f"field{field}_dopant_recall": s["dopant_recall"],
+                    f"field{field}_dopant_precision": s["dopant_precision"]})
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", default=str(cache_dir("defects", "quick-seed0")))
+    parser.add_argument("--store", default=str(cache_dir("defects", "quick-seed0")), help="store folder or exported .npz")
+    parser.add_argument("--variant", default="image-only", choices=("image-only", "film"),
+                        help="network; film sees composition and energy (the detector fields are hidden for two channels)")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {MODELS}")
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batches-per-epoch", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--val-fields", type=int, nargs="+", default=list(Recipe.val_fields))
+    parser.add_argument("--test-fields", type=int, nargs="+", default=list(Recipe.test_fields))
     parser.add_argument("--test-patches", type=int, default=4000)
     parser.add_argument("--n-boot", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--save", default=None, help="folder for the trained models (with their simulated scores)")
+    parser.add_argument("--no-real", action="store_true", help="skip the real fields (a machine without the data)")
+    parser.add_argument("--score", default=None, help="score the models saved in this folder instead of training")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    names = [n.strip() for n in args.models.split(",")]
+    if set(names) - set(MODELS):
+        parser.error(f"--models {args.models}: expected names among {MODELS}")
     start = time.perf_counter()
-    ds = open_dataset(args.store).load()
-    first, second = channel_pairs(ds)
-    parts = split_images(ds, Recipe())
-    kw = dict(batch_size=args.batch_size, device="cpu")
-    train_s = _samplers(ds, parts["train"], first, second, batches_per_epoch=args.batches_per_epoch,
-                        seed=args.seed, **kw)
-    val = _fixed(_samplers(ds, parts["val"], first, second, **kw), 2000, seed=1)
-    test = _fixed(_samplers(ds, parts["test"], first, second, **kw), args.test_patches, seed=2)
-    real = {f: _real_patches(f) for f in FIELDS}
+    real = {} if args.no_real else {f: _real_patches(f) for f in FIELDS}
     rows = []
-    for name in MODELS:
-        t0 = time.perf_counter()
-        model = ContextClassifier("image-only", width=args.width, in_channels=2 if name == "both channels" else 1,
-                                  seed=args.seed)
-        history = train(model, train_s[name], val[name], epochs=args.epochs, lr=args.lr, device="cpu",
-                        progress=False, patience=None)
-        temperature = fit_temperature(*predict_loader(model, val[name], device="cpu"))
-        z, y = predict_loader(model, test[name], device="cpu")
-        p = softmax(z, temperature)
-        row = {"model": name, "train_s": time.perf_counter() - t0,
-               "patches_per_s": float(np.mean(history["patches_per_s"])), "temperature": temperature,
-               "sim_accuracy": float(np.mean(p.argmax(1) == y)), "sim_mean_entropy_bits": float(entropy(p, base=2).mean())}
-        model.eval()
-        for field, (patches, metal, labels) in real.items():
-            with torch.no_grad():
-                logits = model(torch.as_tensor(patches[name]), None).numpy()
-            probs, _ = correct_posteriors(softmax(logits, temperature), np.full(5, 0.2), "sublattice+EM", metal)
-            s = score_sites(labels, probs.argmax(1), n_boot=args.n_boot, seed=args.seed)
-            row.update({f"field{field}_kappa": s["kappa"], f"field{field}_dopant_f1": s["dopant_f1"],
-                        f"field{field}_dopant_f1_low": s["dopant_f1_ci"][0],
-                        f"field{field}_dopant_f1_high": s["dopant_f1_ci"][1],
-                        f"field{field}_dopant_recall": s["dopant_recall"],
-                        f"field{field}_dopant_precision": s["dopant_precision"]})
-        rows.append(row)
-        print(f"{name}: trained in {row['train_s']:.0f} s", flush=True)
+    if args.score:
+        for name in names:
+            model = ContextClassifier.load(f"{args.score}/{_slug(name)}.pt", device="cpu")
+            row = dict(model.card["benchmark"])
+            row.update(_score_real(model, name, row["temperature"], real, args.n_boot, args.seed))
+            rows.append(row)
+        header = f"models in {args.score}, scored on the real fields"
+    else:
+        ds = open_dataset(args.store).load()
+        first, second = channel_pairs(ds)
+        parts = split_images(ds, Recipe(val_fields=tuple(args.val_fields), test_fields=tuple(args.test_fields)))
+        kw = dict(batch_size=args.batch_size, device=args.device)
+        train_s = _samplers(ds, parts["train"], first, second, batches_per_epoch=args.batches_per_epoch,
+                            seed=args.seed, **kw)
+        val = _fixed(_samplers(ds, parts["val"], first, second, **kw), 2000, seed=1)
+        test = _fixed(_samplers(ds, parts["test"], first, second, **kw), args.test_patches, seed=2)
+        for name in names:
+            t0 = time.perf_counter()
+            model = ContextClassifier(args.variant, width=args.width, in_channels=2 if name == "both channels" else 1,
+                                      seed=args.seed)
+            history = train(model, train_s[name], val[name], epochs=args.epochs, lr=args.lr, device=args.device,
+                            progress=False, patience=None)
+            temperature = float(fit_temperature(*predict_loader(model, val[name], device=args.device)))
+            z, y = predict_loader(model, test[name], device=args.device)
+            p = softmax(z, temperature)
+            row = {"model": name, "variant": args.variant, "train_s": time.perf_counter() - t0,
+                   "patches_per_s": float(np.mean(history["patches_per_s"])), "temperature": temperature,
+                   "sim_accuracy": float(np.mean(p.argmax(1) == y)),
+                   "sim_mean_entropy_bits": float(entropy(p, base=2).mean())}
+            model = model.cpu()
+            if args.save:
+                Path(args.save).mkdir(parents=True, exist_ok=True)
+                model.save(f"{args.save}/{_slug(name)}.pt", card={"benchmark": row, "store": str(args.store),
+                                                                   "arguments": vars(args)})
+            row.update(_score_real(model, name, temperature, real, args.n_boot, args.seed))
+            rows.append(row)
+            print(f"{name}: trained in {row['train_s']:.0f} s, simulated accuracy {row['sim_accuracy']:.4f}", flush=True)
+        header = (f"store {args.store}: {len(first)} structures with both detectors; {args.variant}, {args.epochs} x "
+                  f"{args.batches_per_epoch} x {args.batch_size} patches per model, width {args.width}, seed "
+                  f"{args.seed}; {sum(len(b['label']) for b in test['HAADF only'])} simulated test sites")
     table = pd.DataFrame(rows).set_index("model")
-    print(f"\nstore {args.store}: {len(first)} structures with both detectors; {args.epochs} x "
-          f"{args.batches_per_epoch} x {args.batch_size} patches per model, width {args.width}, seed {args.seed}; "
-          f"{sum(len(b['label']) for b in test['HAADF only'])} simulated test sites; "
-          f"real fields corrected by sublattice + EM; total {time.perf_counter() - start:.0f} s")
-    print(table.T.to_string(float_format=lambda v: f"{v:.3f}"))
+    print(f"\n{header}; real fields corrected by sublattice + EM; total {time.perf_counter() - start:.0f} s")
+    print(table.T.to_string(float_format=lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)))
     if args.out:
         table.to_csv(args.out, float_format="%.4f")
 

@@ -214,8 +214,23 @@ def test_splits_are_by_field_and_checked():
     with pytest.raises(ValueError, match="overlap"):
         Recipe(val_fields=(1,), test_fields=(1,))
     assert field_index("WSe2-Ti_80kV-field13") == 13
+    assert field_index("MoSe2-Nb_200kV-abtem4") == 4  # a cell the build kept from abTEM
     with pytest.raises(ValueError, match="field<k>"):
         field_index("WSe2-Ti_80kV")
+
+
+def test_card_names_the_origin_and_scope_of_an_exported_dataset():
+    from tdmctx.defects.release import _scope_lines, _store_summary
+
+    ds = _toy_store()
+    ds.attrs.update(store="/elsewhere/wide-seed0", profile="wide", build_seed=3)
+    summary = _store_summary(ds, None)
+    assert (summary["store"], summary["profile"], summary["build_seed"]) == ("wide-seed0", "wide", 3)
+    one = " ".join(_scope_lines(summary))
+    assert "one host and one dopant" in one and "learns only from energy" in one
+    many = " ".join(_scope_lines({**summary, "systems": ["MoS2:Ti", "WSe2:V"], "conditions": ["a", "b"]}))
+    assert "2 systems (hosts MoS2, WSe2;" in many and "learns composition" in many
+    assert _store_summary(_toy_store(), None)["profile"] == "in-memory dataset"
 
 
 def test_defect_fill_brightens_defect_centres_only():
@@ -256,7 +271,7 @@ def test_release_recipe_end_to_end_writes_loadable_weights_with_a_card(tmp_path)
         probs = model.predict_proba(np.random.default_rng(0).random((3, 24, 24)), rd.ti_wse2_context(), device="cpu")
         np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
     text = (tmp_path / "MODEL_CARD.md").read_text()
-    assert "WSe2:Ti" in text and "need a GPU" in text and "| context |" in text
+    assert "WSe2:Ti" in text and "constant in training" in text and "| context |" in text
 
 
 # -- the shipped weights on a real field --------------------------------------------------------------

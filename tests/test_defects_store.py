@@ -228,6 +228,9 @@ def test_portable_export_round_trips_exactly_and_keeps_the_store_key(built, tmp_
         assert back[name].dims == var.dims, name
         np.testing.assert_array_equal(back[name].values, var.values, err_msg=name)  # NaN padding included
     assert back.attrs["pixel_size_A"] == original.attrs["pixel_size_A"]
+    # The profile and build seed travel too: a model card written from the copy names them.
+    assert original.attrs["profile"] and back.attrs["profile"] == original.attrs["profile"]
+    assert back.attrs["build_seed"] == original.attrs["build_seed"]
     # Models trained on the copy land in the same cache folder as those of the original.
     assert store_key(back) == store_key(original)
 

@@ -161,20 +161,23 @@ def default_weights_dir() -> Path:
     return Path(__file__).resolve().parent / "weights"
 
 
-_FIELD = re.compile(r"field(\d+)$")
+_FIELD = re.compile(r"(?:field|abtem)(\d+)$")
 
 
 def field_index(structure: str) -> int:
     """Field number of a stored structure name such as ``'WSe2-Ti_80kV-field3'``.
 
+    Cells that a build kept from abTEM (``...-abtem<k>``, both detectors of one cell share
+    the name) are numbered the same way.
+
     Raises
     ------
     ValueError
-        If the name does not end in ``field<k>``.
+        If the name does not end in ``field<k>`` or ``abtem<k>``.
     """
     match = _FIELD.search(str(structure))
     if match is None:
-        raise ValueError(f"structure={structure!r} does not end in 'field<k>'; cannot split by field")
+        raise ValueError(f"structure={structure!r} does not end in 'field<k>' or 'abtem<k>'; cannot split by field")
     return int(match.group(1))
 
 
@@ -358,10 +361,15 @@ def _hardware(device: Any) -> str:
 def _store_summary(dataset: xr.Dataset, store: str | os.PathLike | None) -> dict[str, Any]:
     from tdmctx.defects.store import MARKER, read_config
 
-    config, profile = None, "in-memory dataset"
-    if store is not None:
-        config = read_config(store)
+    # A dataset opened from a store or a portable export carries its origin in its attributes.
+    origin = dataset.attrs.get("store")
+    name = Path(origin).name if origin else "in memory"
+    profile = dataset.attrs.get("profile", "in-memory dataset" if origin is None else "unknown")
+    build_seed = dataset.attrs.get("build_seed")
+    if store is not None and (Path(store) / MARKER).is_file():
+        name = Path(store).name
         profile = json.loads((Path(store) / MARKER).read_text()).get("profile", "unknown")
+        build_seed = read_config(store).seed
     labels, counts = np.unique(dataset["site_label"].values.astype(str), return_counts=True)
 
     def names(var: str) -> list[str]:
@@ -369,14 +377,14 @@ def _store_summary(dataset: xr.Dataset, store: str | os.PathLike | None) -> dict
 
     return {
         # The folder name, not the path: the card travels with the weights to other machines.
-        "store": "in memory" if store is None else Path(store).name,
+        "store": name,
         "profile": profile,
         "systems": names("system"),
         "conditions": names("condition"),
         "images": int(dataset.sizes["image"]),
         "sites": {str(k): int(v) for k, v in zip(labels, counts)},
         "pixel_size_A": float(dataset.attrs.get("pixel_size_A", float("nan"))),
-        "build_seed": None if config is None else config.seed,
+        "build_seed": None if build_seed is None else int(build_seed),
     }
 
 
@@ -521,6 +529,25 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{value:.{digits}f}"
 
 
+def _systems_phrase(data: dict[str, Any]) -> str:
+    systems = data["systems"]
+    return f"one system ({systems[0]})" if len(systems) == 1 else f"{len(systems)} systems"
+
+
+def _scope_lines(data: dict[str, Any]) -> list[str]:
+    """What the training data let the context model learn (the card's scope paragraph)."""
+    systems = data["systems"]
+    if len(systems) == 1:
+        return [f"- Weights from the `{data['profile']}` profile: one host and one dopant ({systems[0]}). The context",
+                "  fields for composition are constant in training, so the context model learns only from energy",
+                "  and detector."]
+    hosts = sorted({s.split(":")[0] for s in systems})
+    dopants = sorted({s.split(":")[-1] for s in systems})
+    return [f"- Weights from the `{data['profile']}` profile: {len(systems)} systems (hosts {', '.join(hosts)};",
+            f"  dopants {', '.join(dopants)}) x {len(data['conditions'])} imaging conditions, so the context model",
+            "  learns composition, energy and detector."]
+
+
 def write_model_card(out: str | os.PathLike, cards: dict[str, dict[str, Any]] | None = None) -> Path:
     """Write ``MODEL_CARD.md`` beside the weights from their cards (read from the files when not given)."""
     out = Path(out)
@@ -541,9 +568,7 @@ def write_model_card(out: str | os.PathLike, cards: dict[str, dict[str, Any]] | 
         f"- Split by simulated field: validation fields {first['splits']['val_fields']}, test fields "
         f"{first['splits']['test_fields']} (images train/val/test = {first['splits']['train']}/"
         f"{first['splits']['val']}/{first['splits']['test']}).",
-        "- These are quick-profile weights: one host and one dopant (Ti in WSe2). The context fields for",
-        "  composition are constant in training, so the context model learns only from energy and detector.",
-        "  The paper-profile weights (96 systems x 6 conditions) need a GPU and are not shipped here.",
+        *_scope_lines(data),
         "",
         "## Training",
         f"- Patches {PATCH.size_px} x {PATCH.size_px} px at {PATCH.pixel_size_A} A, class-balanced; batch "
@@ -604,7 +629,7 @@ def write_model_card(out: str | os.PathLike, cards: dict[str, dict[str, Any]] | 
     lines += [
         "",
         "## Limits",
-        "- Trained on one system (WSe2:Ti) of the quick store: other hosts and dopants are out of distribution;",
+        f"- Trained on {_systems_phrase(data)}: other hosts and dopants are out of distribution;",
         "  `Classifier` classifies them with those context fields unknown unless told otherwise (`unseen=`).",
         "- Single-channel models: each detector channel is classified on its own.",
         "- The real fields were never used for training or tuning; their detector angles are not recorded.",
@@ -629,6 +654,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--checkpoints", default=None, help="checkpoint folder (default: in the cache)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--width", type=int, default=Recipe.width, help="backbone width")
+    parser.add_argument("--batch-size", type=int, default=Recipe.batch_size, help="patches per step")
+    parser.add_argument("--batches-per-epoch", type=int, default=Recipe.batches_per_epoch,
+                        help="steps between validations and checkpoints")
+    parser.add_argument("--lr", type=float, default=Recipe.lr, help="peak AdamW learning rate")
+    parser.add_argument("--val-fields", type=int, nargs="+", default=list(Recipe.val_fields),
+                        help="field numbers held out for validation")
+    parser.add_argument("--test-fields", type=int, nargs="+", default=list(Recipe.test_fields),
+                        help="field numbers held out for testing")
     parser.add_argument("--no-real", action="store_true", help="skip the real-field results in the card")
     parser.add_argument("--card-only", action="store_true", help="only rewrite the card from the weights in --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -641,7 +675,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not Path(args.store).exists():
         raise FileNotFoundError(f"--store {args.store}: no dataset store there")
-    recipe = Recipe(steps=args.steps, seed=args.seed)
+    recipe = Recipe(steps=args.steps, seed=args.seed, width=args.width, batch_size=args.batch_size,
+                    batches_per_epoch=args.batches_per_epoch, lr=args.lr, val_fields=tuple(args.val_fields),
+                    test_fields=tuple(args.test_fields))
     cards = release(args.store, out, recipe, device=args.device, real_fields=not args.no_real,
                     checkpoints=args.checkpoints, progress=not args.quiet)
     for name, card in cards.items():

@@ -365,5 +365,10 @@ def open_dataset(store: str | os.PathLike) -> xr.Dataset:
         coords={"case": np.array([r["case_id"] for r in rows], dtype=str)},
     )
     out = xr.merge([combined, site_table, cases], combine_attrs="drop")
-    out.attrs = {"store": str(path), "pixel_size_A": float(read_config(path).scan.pixel_size_A)}
+    config = read_config(path)
+    # The profile and build seed travel with the data (also into a portable export), so that a
+    # model card written on another machine can still name them.
+    profile = json.loads(_marker(path).read_text()).get("profile") or "unknown"
+    out.attrs = {"store": str(path), "pixel_size_A": float(config.scan.pixel_size_A), "profile": str(profile),
+                 "build_seed": int(config.seed)}
     return out
