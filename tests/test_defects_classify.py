@@ -596,6 +596,23 @@ def test_low_z_contrast_dopant_warns_for_every_model(ti_model, tiny_model):
             clf.checked_context(Context(None, None, "Re"), "keep")
 
 
+def test_run_classify_warns_once_about_a_low_contrast_dopant(tmp_path, tiny_model, lattice_image):
+    import warnings
+
+    from tdmctx.defects.cli_classify import run_classify
+
+    image, truth, _ = lattice_image
+    np.save(tmp_path / "image.npy", image)
+    np.save(tmp_path / "points.npy", np.rint(on_image(truth)[:20]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_classify(tmp_path / "image.npy", tmp_path / "out.csv", context=Context("W", "Se", "Re", energy_eV=80e3),
+                     points_path=tmp_path / "points.npy", weights=tiny_model, pixel_size_A=PIXEL_A, device="cpu")
+    messages = [str(w.message) for w in caught if "scatters within" in str(w.message)]
+    assert len(messages) == 1, messages
+    assert (tmp_path / "out.csv").is_file()
+
+
 def test_unseen_check_skips_image_only_models_and_cards_without_systems(tiny_model, tmp_path):
     told_v = Context("W", "Se", "V")
     assert Classifier.load(tiny_model, device="cpu").checked_context(told_v, "error") == told_v  # card names none

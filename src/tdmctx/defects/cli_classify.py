@@ -39,6 +39,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -296,19 +297,23 @@ def run_classify(
     classifier = Classifier.load(weights, model=model, device=device)
     context = classifier.checked_context(context, unseen)  # refuse (unseen="error") before any work
 
+    def classify(points_px: np.ndarray, refine: bool):
+        # The context was checked, and any low-contrast warning given, once above.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"dopant \S+ scatters within", category=UserWarning)
+            return classifier.classify_sites(image, points_px, pixel_size_A=px, context=context, refine=refine,
+                                             priors=priors, unseen="keep")
+
     metal_rule = None
     if points is not None:
-        table = classifier.classify_sites(image, points, pixel_size_A=px, context=context, refine=True, priors=priors,
-                                           unseen="keep")
+        table = classify(points, refine=True)
     else:
         if metal_brighter is not None:
             brighter, source = metal_brighter, "--metal-sublattice"
         else:
             brighter, source = metal_brighter_from_context(context), "detector rule"
         sites = find_sites(image, px, metal_brighter=brighter)
-        table = classifier.classify_sites(
-            image, sites.points_px, pixel_size_A=px, context=context, refine=False, priors=priors, unseen="keep"
-        )
+        table = classify(sites.points_px, refine=False)
         if sites.metal_group is None:
             from tdmctx.defects.classifier import PROBA_COLUMNS
 
