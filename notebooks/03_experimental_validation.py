@@ -42,7 +42,7 @@ sweep_mrad = [[35, 80], [60, 200], [90, 200]]  # (inner, outer) angles assumed i
 map_field = 2  # field shown in the maps
 map_zoom_px = 160  # side of the mapped region, pixels (top-left corner of the field)
 correction = "sublattice+EM"  # posterior correction of the maps, confusion matrices and sweep
-cpu_threads = 1
+cpu_threads = 2  # torch threads (CI has two cores)
 weights_dir = None  # folder with context.pt and image-only.pt; None: the package's shipped weights
 
 # %%
