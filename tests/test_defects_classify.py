@@ -635,3 +635,74 @@ def test_cli_unseen_dopant(tmp_path, ti_model, lattice_image, capsys):
         code, stdout, err = _run([*args, "--output", out], capsys)
     assert code == 0, err
     assert "context unknown: dopant, detector_inner_mrad, detector_outer_mrad" in stdout and out.is_file()
+
+
+# -- sublattice restriction -----------------------------------------------------------------
+
+
+def _allowed(classes: pd.Series, on_metal: np.ndarray) -> bool:
+    metal_classes = classes.isin(["metal", "dopant"]).to_numpy()
+    return bool(np.all(metal_classes == on_metal))
+
+
+def test_classify_sites_restricts_each_site_to_its_sublattice(tiny_model, lattice_image):
+    image, truth, _ = lattice_image
+    keep = truth["inside"] & ~truth["borderline"]
+    xy, is_metal = truth["xy"][keep], truth["metal"][keep]
+    groups = is_metal.astype(int)  # group 1 holds the metal
+    clf = Classifier.load(tiny_model, device="cpu")
+    ctx = Context("W", "Se", "Ti", energy_eV=80e3)
+    free = clf.classify_sites(image, xy, pixel_size_A=PIXEL_A, context=ctx, refine=False)
+    assert not _allowed(free["class"], is_metal)  # a random network mixes them up
+    told = clf.classify_sites(image, xy, pixel_size_A=PIXEL_A, context=ctx, refine=False, sublattice=groups,
+                              metal_group=1)
+    assert _allowed(told["class"], is_metal) and told.attrs["metal_group"] == 1
+    np.testing.assert_allclose(told[list(PROBA_COLUMNS)].sum(axis=1), 1.0, atol=1e-9)
+    on_metal = told.loc[is_metal, ["p_X2", "p_V1", "p_V2"]].to_numpy()
+    assert on_metal.max() == 0.0  # no mass off the site's sublattice
+    flipped = clf.classify_sites(image, xy, pixel_size_A=PIXEL_A, context=ctx, refine=False, sublattice=1 - groups,
+                                 metal_group=0)
+    pd.testing.assert_frame_equal(flipped, told)  # the ids are names only
+    voted = clf.classify_sites(image, xy, pixel_size_A=PIXEL_A, context=ctx, refine=False, sublattice=groups)
+    assert voted.attrs["metal_group"] in (0, 1)
+    with pytest.raises(ValueError, match="one id, 0 or 1, per point"):
+        clf.classify_sites(image, xy, pixel_size_A=PIXEL_A, context=ctx, sublattice=groups[:-1])
+    with pytest.raises(ValueError, match="one id, 0 or 1, per point"):
+        clf.classify_sites(image, xy, pixel_size_A=PIXEL_A, context=ctx, sublattice=groups + 1)
+    with pytest.raises(ValueError, match="without sublattice"):
+        clf.classify_sites(image, xy, pixel_size_A=PIXEL_A, context=ctx, metal_group=1)
+    with pytest.raises(ValueError, match="metal_group=2"):
+        clf.classify_sites(image, xy, pixel_size_A=PIXEL_A, context=ctx, sublattice=groups, metal_group=2)
+
+
+def test_cli_with_a_full_lattice_of_points_uses_the_sublattices(tmp_path, tiny_model, lattice_image, capsys):
+    image, truth, _ = lattice_image
+    keep = truth["inside"] & ~truth["borderline"]
+    xy, is_metal = truth["xy"][keep], truth["metal"][keep]
+    np.save(tmp_path / "image.npy", image)
+    np.save(tmp_path / "points.npy", xy)
+    common = [tmp_path / "image.npy", "--points", tmp_path / "points.npy", "--pixel-size-A", PIXEL_A,
+              "--weights", tiny_model, "--device", "cpu", "--host", "WSe2"]
+    # The synthetic metal columns are the brighter ones.
+    code, stdout, err = _run([*common, "--metal-sublattice", "brighter", "--output", tmp_path / "a.csv"], capsys)
+    assert code == 0, err
+    assert "metal sublattice from --metal-sublattice (brighter sublattice)" in stdout
+    assert _allowed(pd.read_csv(tmp_path / "a.csv")["class"], is_metal)
+    code, stdout, err = _run([*common, "--no-sublattice", "--output", tmp_path / "b.csv"], capsys)
+    assert code == 0, err
+    assert "metal sublattice" not in stdout
+    assert not _allowed(pd.read_csv(tmp_path / "b.csv")["class"], is_metal)
+
+
+def test_cli_refuses_the_restriction_for_points_that_are_no_honeycomb(tmp_path, tiny_model, lattice_image):
+    from tdmctx.defects.cli_classify import run_classify
+
+    image, truth, _ = lattice_image
+    keep = truth["inside"] & ~truth["borderline"]
+    metal_only = truth["xy"][keep & truth["metal"]]
+    np.save(tmp_path / "image.npy", image)
+    np.save(tmp_path / "points.npy", metal_only)
+    with pytest.warns(UserWarning, match="do not look like a honeycomb"):
+        result = run_classify(tmp_path / "image.npy", tmp_path / "out.csv", points_path=tmp_path / "points.npy",
+                              weights=tiny_model, pixel_size_A=PIXEL_A, device="cpu", metal_brighter=True)
+    assert result["metal_rule"] is None and len(result["table"]) == len(metal_only)

@@ -56,6 +56,11 @@ _UNIT_TO_A = {"nm": 10.0, "nanometer": 10.0, "a": 1.0, "å": 1.0, "angstrom": 1.
 # A centimetre resolution tag is trusted only if it gives an atomic-resolution pixel, Angstrom.
 _PLAUSIBLE_PIXEL_A = (0.005, 5.0)
 _FORMULA = re.compile(r"^([A-Z][a-z]?)([A-Z][a-z]?)2$")
+# Fewer given points cannot be split into sublattices (tdmctx.defects.baseline.split_sublattices).
+_MIN_SUBLATTICE_POINTS = 4
+# Fraction of nearest-neighbour bonds that must join the two sublattices for given points to
+# be taken as a honeycomb (a clean one: 1; one sublattice alone: about 0.5).
+_MIN_CROSSING = 0.9
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -78,8 +83,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="context", choices=("context", "image-only"), help="shipped model to use")
     p.add_argument("--weights", default=None, help="a model file written by ContextClassifier.save (instead of the shipped one)")
     p.add_argument("--metal-sublattice", default=None, choices=("brighter", "darker"),
-                   help="which sublattice holds the metal when --points is not given (default: from the detector "
-                        "angles when they decide it, else from the model's predictions)")
+                   help="which sublattice holds the metal (default: from the detector angles when they decide it, "
+                        "else from the model's predictions)")
+    p.add_argument("--no-sublattice", action="store_true",
+                   help="do not restrict each site to the classes of its lattice sublattice (metal, dopant on the "
+                        "metal sublattice; X2, V1, V2 on the other) before the prior correction")
     p.add_argument("--priors", default="EM", choices=("EM", "none"),
                    help="adapt the posteriors to this image's class priors estimated by EM (default), or keep the "
                         "class-balanced training priors")
@@ -268,21 +276,29 @@ def run_classify(
     priors: str = "EM",
     metal_brighter: bool | None = None,
     unseen: str = "unknown",
+    sublattice: bool = True,
 ) -> dict[str, Any]:
     """Classify the columns of one image and write ``output`` (CSV) and its ``.png`` overlay.
 
     The function behind ``tdmctx classify`` (arguments as the flags, ``context`` a
     :class:`~tdmctx.defects.context.Context`, ``metal_brighter`` from
-    ``--metal-sublattice``). Everything is read and checked before anything is written.
+    ``--metal-sublattice``, ``sublattice=False`` from ``--no-sublattice``). Everything is read
+    and checked before anything is written.
+
+    Each site is restricted to the classes of its sublattice (split from the lattice
+    geometry; the metal one from ``metal_brighter``, the detector rule, or the model's vote)
+    before the prior correction, as in chapter 03; with ``--points`` this needs at least
+    four points.
 
     Returns
     -------
     dict
         ``csv``, ``png`` (paths), ``table`` (the DataFrame written), ``metal_rule`` (how
-        the metal sublattice was decided, or ``None`` with ``--points``), ``context`` (the
-        context the model was given, after ``unseen``), ``seconds``.
+        the metal sublattice was decided, or ``None`` when no sublattice was used),
+        ``context`` (the context the model was given, after ``unseen``), ``seconds``.
     """
-    from tdmctx.defects.classifier import Classifier
+    from tdmctx.defects.baseline import metal_sites
+    from tdmctx.defects.classifier import PROBA_COLUMNS, Classifier
     from tdmctx.defects.context import Context
     from tdmctx.defects.sites import find_sites, metal_brighter_from_context, metal_group_from_proba
 
@@ -297,36 +313,75 @@ def run_classify(
     classifier = Classifier.load(weights, model=model, device=device)
     context = classifier.checked_context(context, unseen)  # refuse (unseen="error") before any work
 
-    def classify(points_px: np.ndarray, refine: bool):
+    def classify(points_px: np.ndarray, refine: bool, groups: np.ndarray | None, metal_group: int | None):
         # The context was checked, and any low-contrast warning given, once above.
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"dopant \S+ scatters within", category=UserWarning)
             return classifier.classify_sites(image, points_px, pixel_size_A=px, context=context, refine=refine,
-                                             priors=priors, unseen="keep")
+                                             priors=priors, unseen="keep", sublattice=groups, metal_group=metal_group)
 
+    if metal_brighter is not None:
+        brighter, source = metal_brighter, "--metal-sublattice"
+    else:
+        brighter, source = metal_brighter_from_context(context), "detector rule"
     metal_rule = None
     if points is not None:
-        table = classify(points, refine=True)
+        groups, metal_group = None, None
+        if sublattice and len(points) >= _MIN_SUBLATTICE_POINTS:
+            groups = _honeycomb_groups(points)
+        if groups is not None and brighter is not None:
+            metal_group = int(groups[metal_sites(points, image, brighter=brighter)][0])
+        table = classify(points, True, groups, metal_group)
+        if groups is not None:
+            metal_rule = _metal_rule(brighter, source)
     else:
-        if metal_brighter is not None:
-            brighter, source = metal_brighter, "--metal-sublattice"
-        else:
-            brighter, source = metal_brighter_from_context(context), "detector rule"
         sites = find_sites(image, px, metal_brighter=brighter)
-        table = classify(sites.points_px, refine=False)
+        groups = sites.group if sublattice else None
+        table = classify(sites.points_px, False, groups, sites.metal_group if sublattice else None)
         if sites.metal_group is None:
-            from tdmctx.defects.classifier import PROBA_COLUMNS
-
-            sites = sites.with_metal_group(metal_group_from_proba(sites.group, table[list(PROBA_COLUMNS)].to_numpy()))
-            metal_rule = "model vote"
-        else:
-            metal_rule = f"{source} ({'brighter' if brighter else 'darker'} sublattice)"
+            metal_group = table.attrs.get("metal_group")
+            if metal_group is None:
+                metal_group = metal_group_from_proba(sites.group, table[list(PROBA_COLUMNS)].to_numpy())
+            sites = sites.with_metal_group(metal_group)
+        metal_rule = _metal_rule(brighter, source)
         extra = sites.to_frame()
         for name in ("sublattice", "has_peak", "full_patch"):
             table[name] = extra[name].to_numpy()
+    if metal_rule == "model vote" and groups is not None:
+        warnings.warn("the metal sublattice was taken from the model's vote: with the detector angles unknown, one "
+                      "channel does not say whether the metal or the chalcogen columns are the brighter ones, and the "
+                      "vote can pick the wrong sublattice (chapter 03: field 2, adf2); pass --detector-mrad or "
+                      "--metal-sublattice to decide it", UserWarning, stacklevel=2)
     _write_outputs(table, image, px, csv_path, png_path)
     return {"csv": csv_path, "png": png_path, "table": table, "metal_rule": metal_rule, "context": context,
             "seconds": time.perf_counter() - start}
+
+
+def _honeycomb_groups(points: np.ndarray) -> np.ndarray | None:
+    """Sublattice ids of given points, or ``None`` (with a warning) when they are no honeycomb.
+
+    In a TMD honeycomb every nearest-neighbour bond joins the two sublattices; points of one
+    sublattice only (or another lattice) fail that test, and restricting them would be wrong.
+    """
+    from scipy.spatial import cKDTree
+
+    from tdmctx.defects.baseline import split_sublattices
+
+    groups = split_sublattices(points)
+    dist, idx = cKDTree(points).query(points, k=2)
+    # A nearest neighbour within 1.2 bonds of the typical one: a first-shell bond.
+    bond = dist[:, 1] < 1.2 * np.median(dist[:, 1])
+    crossing = float(np.mean(groups[bond] != groups[idx[bond, 1]])) if bond.any() else 0.0
+    if crossing < _MIN_CROSSING:
+        warnings.warn(f"the given points do not look like a honeycomb of metal and chalcogen sites (only {crossing:.0%} "
+                      f"of nearest-neighbour bonds join the two sublattices; expected >= {_MIN_CROSSING:.0%}): "
+                      "classified without the sublattice restriction", UserWarning, stacklevel=3)
+        return None
+    return groups
+
+
+def _metal_rule(brighter: bool | None, source: str) -> str:
+    return "model vote" if brighter is None else f"{source} ({'brighter' if brighter else 'darker'} sublattice)"
 
 
 def _write_outputs(table, image: np.ndarray, pixel_size_A: float, csv_path: Path, png_path: Path) -> None:
@@ -394,6 +449,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         args.image, args.output, context=context, points_path=args.points, model=args.model,
         weights=args.weights, pixel_size_A=args.pixel_size_A, device=args.device, priors=args.priors,
         unseen=args.unseen, metal_brighter=None if args.metal_sublattice is None else args.metal_sublattice == "brighter",
+        sublattice=not args.no_sublattice,
     )
     table = result["table"]
     counts = table["class"].value_counts()

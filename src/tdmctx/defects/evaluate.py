@@ -42,6 +42,7 @@ __all__ = [
     "paired_bootstrap",
     "prior_shift",
     "em_priors",
+    "restrict_to_sublattice",
     "classification_summary",
 ]
 
@@ -454,6 +455,31 @@ def em_priors(
             break
         prior = new
     return prior, prior_shift(p, ps, prior)
+
+
+def restrict_to_sublattice(probs: np.ndarray, metal_site: np.ndarray) -> np.ndarray:
+    """Posteriors conditioned on each site's sublattice.
+
+    ``p(c | x, s) ∝ p(c | x) 1[c on s]``: metal and dopant on metal sites, X2, V1, V2 on
+    chalcogen sites; a row with no mass on its sublattice becomes uniform over it.
+
+    Parameters
+    ----------
+    probs
+        (N, 5) posteriors.
+    metal_site
+        (N,) bool, True on the metal sublattice.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    mask = np.asarray(metal_site, dtype=bool)
+    if mask.shape != (p.shape[0],):
+        raise ValueError(f"metal_site has shape {mask.shape}; expected ({p.shape[0]},), one flag per site")
+    on_metal = np.isin(np.asarray(CLASS_NAMES), ("metal", "dopant"))
+    allowed = np.where(mask[:, None], on_metal[None], ~on_metal[None]).astype(np.float64)
+    q = p * allowed
+    total = q.sum(1, keepdims=True)
+    q = np.where(total > 0, q / np.where(total > 0, total, 1.0), allowed / allowed.sum(1, keepdims=True))
+    return q
 
 
 # -- summary --------------------------------------------------------------------------------
