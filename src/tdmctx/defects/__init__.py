@@ -39,6 +39,7 @@ from tdmctx.defects.label_audit import LabelAudit, audit_labels
 from tdmctx.defects.models import FIELD_SETS, VARIANTS, ContextClassifier, encode_contexts
 from tdmctx.defects.patches import PATCH, Augmentation, PatchSampler, PatchSpec, extract_patches, image_contexts, patch_loader
 from tdmctx.defects.portable import export_dataset
+from tdmctx.defects.ranking import dopant_ranking
 from tdmctx.defects.two_channel import TwoChannelSampler, two_channel_patches
 from tdmctx.defects.simulate import MultisliceSettings, simulate_adf
 from tdmctx.defects.splits import Split, SplitUnavailable, make_split, plan_splits
@@ -80,6 +81,7 @@ __all__ = [
     "prior_shift",
     "baseline_table",
     "audit_labels",
+    "dopant_ranking",
     "LabelAudit",
     "intensity_baseline",
     "oracle_baseline",

@@ -36,6 +36,11 @@ fields :attr:`Recipe.val_fields` for validation (early stopping, temperature), f
 Command line::
 
     python -m tdmctx.defects.release --store PATH --out DIR [--steps N] [--device D]
+        [--width W] [--batch-size B] [--lr LR] [--val-fields K ...] [--test-fields K ...]
+
+``PATH`` is a store folder or its portable ``.npz`` export (a GPU machine without the
+simulation stack); the shipped weights came from the ``wide`` export on an H200 (see
+``book/reproducibility.md`` for the exact command).
 
 Training is resumable: checkpoints live in the cache
 (``tdmctx.data.cache_dir("defects", "release", <model>)``, or ``--checkpoints DIR``); a rerun with
