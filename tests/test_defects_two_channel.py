@@ -58,6 +58,8 @@ def test_both_channels_share_sites_and_geometry_and_equal_single_channel_patches
     assert torch.all(batch["context"][:, context_columns("energy_eV")][:, 0] == 1)
     with pytest.raises(ValueError, match="not usable sites"):
         pair.batch(np.random.default_rng(0), np.array([partner[0]]))
+    # One copy of the images on the device serves both channels (the comparisons above ran on it).
+    assert pair._other._images.data_ptr() == pair._images.data_ptr()
 
 
 def test_two_channel_sampler_selects_structures_and_refuses_unpaired_sites():

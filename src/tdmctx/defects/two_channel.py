@@ -107,6 +107,10 @@ class TwoChannelSampler(PatchSampler):
         super().__init__(dataset, spec, augmentation, images=first, **sampler_options)
         self.detectors = tuple(str(d) for d in detectors)
         self._other = PatchSampler(dataset, spec, augmentation, images=second, **sampler_options)
+        # Both samplers hold the same dataset-wide tensors (every image, site and level): keep one
+        # copy of each, which halves the sampler's memory on the device.
+        for name in ("_images", "_context", "_site_image", "_xy", "_labels", "_intact_level"):
+            setattr(self._other, name, getattr(self, name))
         self._partner = self._match_sites(dataset, first, second)
         paired = self._sites[self._partner[self._sites] >= 0]
         labels = self._labels.cpu().numpy()
